@@ -1,0 +1,14 @@
+//! The service's config, `internal/config/config.go` in go-zero.
+
+#[derive(Debug, serde::Deserialize, kq::KqConfig)]
+#[serde(rename_all = "PascalCase")]
+pub struct Config {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    /// Payments pushed at start-up, to have something to consume.
+    #[serde(default)]
+    pub demo_payments: u32,
+    pub kq_pusher_conf: kq::PusherConf,
+    pub kq_consumer_conf: kq::KqConf,
+}

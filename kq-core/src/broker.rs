@@ -1,0 +1,205 @@
+//! Connecting to brokers: the librdkafka settings shared by consumers and pushers, and the
+//! embedded in-process broker behind `Brokers: [embedded]`.
+
+use std::sync::mpsc;
+use std::sync::OnceLock;
+use std::thread;
+
+use rdkafka::mocking::MockCluster;
+use rdkafka::ClientConfig;
+
+use crate::error::Error;
+
+/// The broker list entry that selects the embedded broker.
+pub const EMBEDDED: &str = "embedded";
+
+/// Partitions of a topic the embedded broker creates on first use.
+pub const EMBEDDED_PARTITIONS: i32 = 8;
+
+/// The connection and security keys that consumers and pushers share.
+pub(crate) struct Connection<'a> {
+    pub name: &'a str,
+    pub brokers: &'a [String],
+    pub ca_file: &'a str,
+    pub username: &'a str,
+    pub password: &'a str,
+}
+
+impl Connection<'_> {
+    /// A librdkafka configuration with bootstrap servers, client id and security set.
+    pub fn client_config(&self) -> Result<ClientConfig, Error> {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", bootstrap_servers(self.brokers)?);
+        if !self.name.is_empty() {
+            config.set("client.id", self.name);
+        }
+        let tls = !self.ca_file.is_empty();
+        let sasl = !self.username.is_empty();
+        let protocol = match (tls, sasl) {
+            (false, false) => "plaintext",
+            (true, false) => "ssl",
+            (false, true) => "sasl_plaintext",
+            (true, true) => "sasl_ssl",
+        };
+        config.set("security.protocol", protocol);
+        if tls {
+            config.set("ssl.ca.location", self.ca_file);
+        }
+        if sasl {
+            config
+                .set("sasl.mechanism", "PLAIN")
+                .set("sasl.username", self.username)
+                .set("sasl.password", self.password);
+        }
+        // librdkafka logs through its own channel; route it into `tracing` at the right levels.
+        config.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
+        Ok(config)
+    }
+
+    /// Whether this connection goes to the embedded broker.
+    pub fn is_embedded(&self) -> bool {
+        is_embedded(self.brokers)
+    }
+}
+
+pub(crate) fn is_embedded(brokers: &[String]) -> bool {
+    matches!(brokers, [only] if only == EMBEDDED)
+}
+
+fn bootstrap_servers(brokers: &[String]) -> Result<String, Error> {
+    if is_embedded(brokers) {
+        Ok(EmbeddedBroker::get()?.bootstrap_servers().to_owned())
+    } else {
+        Ok(brokers.join(","))
+    }
+}
+
+/// The in-process Kafka-protocol broker (librdkafka's mock cluster), one per process.
+///
+/// Every pusher and consumer of the process whose broker list is `[embedded]` talks to it.
+/// It keeps at most 5 MiB per partition and silently drops older data past that: it is meant
+/// for quickstarts, examples and tests, not for volume.
+pub struct EmbeddedBroker {
+    bootstrap: String,
+    commands: mpsc::Sender<Command>,
+}
+
+enum Command {
+    CreateTopic {
+        topic: String,
+        partitions: i32,
+        done: mpsc::Sender<Result<(), String>>,
+    },
+    SetUp {
+        up: bool,
+        done: mpsc::Sender<Result<(), String>>,
+    },
+}
+
+static EMBEDDED_BROKER: OnceLock<Result<EmbeddedBroker, String>> = OnceLock::new();
+
+impl EmbeddedBroker {
+    /// The process's embedded broker, started on first use.
+    pub fn get() -> Result<&'static EmbeddedBroker, Error> {
+        EMBEDDED_BROKER
+            .get_or_init(EmbeddedBroker::start)
+            .as_ref()
+            .map_err(|e| Error::Embedded(e.clone()))
+    }
+
+    // The mock cluster is a raw librdkafka handle that may not cross threads, so one thread owns
+    // it for the life of the process and serves the few operations kq needs over a channel.
+    fn start() -> Result<EmbeddedBroker, String> {
+        let (started_tx, started_rx) = mpsc::channel();
+        let (commands, command_rx) = mpsc::channel::<Command>();
+        thread::Builder::new()
+            .name("kq-embedded-broker".into())
+            .spawn(move || {
+                let cluster = match MockCluster::new(1) {
+                    Ok(cluster) => cluster,
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let _ = started_tx.send(Ok(cluster.bootstrap_servers()));
+                for command in command_rx {
+                    match command {
+                        Command::CreateTopic {
+                            topic,
+                            partitions,
+                            done,
+                        } => {
+                            let result = create_topic(&cluster, &topic, partitions);
+                            let _ = done.send(result);
+                        }
+                        Command::SetUp { up, done } => {
+                            let result = if up {
+                                cluster.broker_up(-1)
+                            } else {
+                                cluster.broker_down(-1)
+                            };
+                            let _ = done.send(result.map_err(|e| e.to_string()));
+                        }
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start its thread: {e}"))?;
+        let bootstrap = started_rx
+            .recv()
+            .map_err(|_| "its thread ended during start-up".to_owned())??;
+        tracing::info!(bootstrap = %bootstrap, "embedded broker started");
+        Ok(EmbeddedBroker {
+            bootstrap,
+            commands,
+        })
+    }
+
+    /// The `host:port` list clients connect to.
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// Creates a topic with this many partitions; a topic that exists already is left as it is.
+    pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), Error> {
+        self.call(|done| Command::CreateTopic {
+            topic: topic.to_owned(),
+            partitions,
+            done,
+        })
+    }
+
+    /// Takes the broker down (`false`): connections drop and new ones are refused, until it is
+    /// brought up again (`true`). For tests of how clients ride out an outage.
+    pub fn set_up(&self, up: bool) -> Result<(), Error> {
+        self.call(|done| Command::SetUp { up, done })
+    }
+
+    fn call(
+        &self,
+        command: impl FnOnce(mpsc::Sender<Result<(), String>>) -> Command,
+    ) -> Result<(), Error> {
+        let (done, result) = mpsc::channel();
+        self.commands
+            .send(command(done))
+            .map_err(|_| Error::Embedded("its thread has ended".into()))?;
+        result
+            .recv()
+            .map_err(|_| Error::Embedded("its thread has ended".into()))?
+            .map_err(Error::Embedded)
+    }
+}
+
+fn create_topic(
+    cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    topic: &str,
+    partitions: i32,
+) -> Result<(), String> {
+    match cluster.create_topic(topic, partitions, 1) {
+        Ok(()) => Ok(()),
+        Err(rdkafka::error::KafkaError::MockCluster(
+            rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists,
+        )) => Ok(()),
+        Err(e) => Err(format!("cannot create topic `{topic}`: {e}")),
+    }
+}

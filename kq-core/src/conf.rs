@@ -1,0 +1,624 @@
+//! The YAML configuration blocks: [`KqConf`] for a consumer queue and [`PusherConf`] for a
+//! producer, with go-queue's keys and defaults.
+//!
+//! go-zero decodes YAML keys into Go struct fields by their exact names, so every field here is
+//! renamed to go-queue's spelling (`Brokers`, `Group`, `MinBytes`, ...) and every default is
+//! go-queue's own. A block copied from a go-zero service's `etc/mq.yaml` deserializes unchanged.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+/// Where a consumer group with no committed offset (or an out-of-range one) starts reading.
+///
+/// YAML accepts exactly `first` or `last`, as go-queue does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Offset {
+    /// The oldest retained message (`auto.offset.reset=earliest`).
+    First,
+    /// Only messages produced after the group joined (`auto.offset.reset=latest`).
+    #[default]
+    Last,
+}
+
+impl Offset {
+    /// The matching value of librdkafka's `auto.offset.reset`.
+    pub fn auto_offset_reset(self) -> &'static str {
+        match self {
+            Offset::First => "earliest",
+            Offset::Last => "latest",
+        }
+    }
+}
+
+/// How a consumer's messages are spread over its processors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ordering {
+    /// Messages with the same key run one after another in offset order; messages without a
+    /// key keep their partition's order. Different keys run concurrently.
+    #[default]
+    Key,
+    /// Every message of a partition runs one after another in offset order.
+    Partition,
+    /// No ordering at all: any message may run on any free processor. Commits stay gap-free.
+    None,
+}
+
+/// The partition assignment strategy of a consumer group (`partition.assignment.strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum Assignor {
+    /// Incremental rebalancing: only the partitions that move are revoked.
+    #[default]
+    #[serde(rename = "cooperative-sticky")]
+    CooperativeSticky,
+    /// Eager rebalancing, ranges of partitions per member.
+    #[serde(rename = "range")]
+    Range,
+    /// Eager rebalancing, partitions dealt round-robin.
+    #[serde(rename = "roundrobin")]
+    RoundRobin,
+}
+
+impl Assignor {
+    /// The matching value of librdkafka's `partition.assignment.strategy`.
+    pub fn strategy(self) -> &'static str {
+        match self {
+            Assignor::CooperativeSticky => "cooperative-sticky",
+            Assignor::Range => "range",
+            Assignor::RoundRobin => "roundrobin",
+        }
+    }
+}
+
+/// The error policy: how often a failing message is tried again, and where it goes after that.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct RetryConf {
+    /// Attempts in all, the first one included. `1` means no retry.
+    pub attempts: u32,
+    /// The wait before the second attempt; each later wait doubles, up to `MaxBackoff`.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub backoff: Duration,
+    /// The longest wait between two attempts.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryConf {
+    fn default() -> Self {
+        RetryConf {
+            attempts: 3,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A consumer queue's configuration: go-queue's `kq.KqConf`, key for key, plus kq's own keys.
+///
+/// ```
+/// let yaml = "
+/// Name: kqConsumer
+/// Brokers: [127.0.0.1:9092]
+/// Group: kqConsumer
+/// Topic: payment-success
+/// Offset: first
+/// ";
+/// # let conf: kq_core::KqConf = serde_json::from_value(serde_json::json!({
+/// #     "Name": "kqConsumer", "Brokers": ["127.0.0.1:9092"], "Group": "kqConsumer",
+/// #     "Topic": "payment-success", "Offset": "first"})).unwrap();
+/// # let _ = yaml;
+/// assert_eq!(conf.processors, 8);
+/// assert_eq!(conf.offset, kq_core::Offset::First);
+/// ```
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct KqConf {
+    /// The service name (go-zero's `ServiceConf.Name`); becomes librdkafka's `client.id`.
+    #[serde(default)]
+    pub name: String,
+    /// Bootstrap brokers, `host:port` each. `[embedded]` starts the in-process broker.
+    pub brokers: Vec<String>,
+    /// The consumer group.
+    pub group: String,
+    /// The topic to consume.
+    pub topic: String,
+    /// A PEM file of the certificate authority that signed the brokers' certificates; turns TLS on.
+    #[serde(default)]
+    pub ca_file: String,
+    /// Where a group without a committed offset starts: `first` or `last`.
+    #[serde(default)]
+    pub offset: Offset,
+    /// Group members (independent Kafka consumers) this process runs for the topic.
+    #[serde(default = "defaults::conns")]
+    pub conns: usize,
+    /// Accepted for go-queue compatibility; see the configuration reference.
+    #[serde(default = "defaults::consumers")]
+    pub consumers: usize,
+    /// Handlers running at once per group member.
+    #[serde(default = "defaults::processors")]
+    pub processors: usize,
+    /// The least data a fetch waits for (`fetch.min.bytes`).
+    #[serde(default = "defaults::min_bytes")]
+    pub min_bytes: usize,
+    /// The most data one fetch returns (`fetch.max.bytes`).
+    #[serde(default = "defaults::max_bytes")]
+    pub max_bytes: usize,
+    /// SASL user; turns SASL on when set.
+    #[serde(default)]
+    pub username: String,
+    /// SASL password.
+    #[serde(default)]
+    pub password: String,
+    /// After the error policy is exhausted: commit past the failed message (`true`) or hold
+    /// its partition and keep retrying it (`false`).
+    #[serde(default = "defaults::yes")]
+    pub force_commit: bool,
+    /// Handle every message of a partition in offset order (same as `Ordering: partition`).
+    #[serde(default)]
+    pub commit_in_order: bool,
+    /// How often finished offsets are committed.
+    #[serde(default = "defaults::commit_interval", with = "duration")]
+    pub commit_interval: Duration,
+    /// Messages fetched but not finished, at most, per group member.
+    #[serde(default = "defaults::queue_capacity")]
+    pub queue_capacity: usize,
+    /// The longest a fetch waits for `MinBytes` (`fetch.wait.max.ms`).
+    #[serde(default = "defaults::max_wait", with = "duration")]
+    pub max_wait: Duration,
+    /// How messages are spread over processors; `CommitInOrder: true` means `partition`.
+    #[serde(default)]
+    pub ordering: Ordering,
+    /// Retries of a failing message.
+    #[serde(default)]
+    pub retry: RetryConf,
+    /// Where a message goes once its retries are exhausted, if anywhere.
+    #[serde(default)]
+    pub dead_letter_topic: String,
+    /// How long shutdown and rebalances wait for running handlers.
+    #[serde(default = "defaults::shutdown_timeout", with = "duration")]
+    pub shutdown_timeout: Duration,
+    /// How partitions are shared among the group's members.
+    #[serde(default)]
+    pub assignor: Assignor,
+}
+
+impl KqConf {
+    /// A configuration with go-queue's defaults for the given brokers, group and topic.
+    pub fn new(
+        brokers: impl IntoIterator<Item = impl Into<String>>,
+        group: impl Into<String>,
+        topic: impl Into<String>,
+    ) -> Self {
+        KqConf {
+            name: String::new(),
+            brokers: brokers.into_iter().map(Into::into).collect(),
+            group: group.into(),
+            topic: topic.into(),
+            ca_file: String::new(),
+            offset: Offset::default(),
+            conns: defaults::conns(),
+            consumers: defaults::consumers(),
+            processors: defaults::processors(),
+            min_bytes: defaults::min_bytes(),
+            max_bytes: defaults::max_bytes(),
+            username: String::new(),
+            password: String::new(),
+            force_commit: true,
+            commit_in_order: false,
+            commit_interval: defaults::commit_interval(),
+            queue_capacity: defaults::queue_capacity(),
+            max_wait: defaults::max_wait(),
+            ordering: Ordering::default(),
+            retry: RetryConf::default(),
+            dead_letter_topic: String::new(),
+            shutdown_timeout: defaults::shutdown_timeout(),
+            assignor: Assignor::default(),
+        }
+    }
+
+    /// The ordering in force: `CommitInOrder: true` overrides `Ordering`.
+    pub fn effective_ordering(&self) -> Ordering {
+        if self.commit_in_order {
+            Ordering::Partition
+        } else {
+            self.ordering
+        }
+    }
+
+    /// Checks what serde cannot: ranges and required values. Names the key at fault.
+    pub fn validate(&self) -> Result<(), InvalidConf> {
+        require_brokers(&self.brokers)?;
+        require("Group", &self.group)?;
+        require("Topic", &self.topic)?;
+        at_least("Conns", self.conns, 1)?;
+        at_least("Consumers", self.consumers, 1)?;
+        at_least("Processors", self.processors, 1)?;
+        at_least("QueueCapacity", self.queue_capacity, 1)?;
+        at_least("MaxBytes", self.max_bytes, 1)?;
+        at_least("Retry.Attempts", self.retry.attempts as usize, 1)?;
+        if self.max_bytes < self.min_bytes {
+            return Err(InvalidConf::new(
+                "MaxBytes",
+                format!(
+                    "must not be less than MinBytes ({} < {})",
+                    self.max_bytes, self.min_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for KqConf {
+    // Hand-written so that the password never reaches a log line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KqConf")
+            .field("name", &self.name)
+            .field("brokers", &self.brokers)
+            .field("group", &self.group)
+            .field("topic", &self.topic)
+            .field("ca_file", &self.ca_file)
+            .field("offset", &self.offset)
+            .field("conns", &self.conns)
+            .field("consumers", &self.consumers)
+            .field("processors", &self.processors)
+            .field("min_bytes", &self.min_bytes)
+            .field("max_bytes", &self.max_bytes)
+            .field("username", &self.username)
+            .field("password", &Redacted(&self.password))
+            .field("force_commit", &self.force_commit)
+            .field("commit_in_order", &self.commit_in_order)
+            .field("commit_interval", &self.commit_interval)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("max_wait", &self.max_wait)
+            .field("ordering", &self.ordering)
+            .field("retry", &self.retry)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("assignor", &self.assignor)
+            .finish()
+    }
+}
+
+/// Compression codec of a pusher (`compression.codec`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// No compression.
+    None,
+    /// gzip.
+    Gzip,
+    /// snappy, go-queue's choice.
+    #[default]
+    Snappy,
+    /// lz4.
+    Lz4,
+    /// zstd.
+    Zstd,
+}
+
+impl Compression {
+    /// The matching value of librdkafka's `compression.codec`.
+    pub fn codec(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// A pusher's configuration: go-zero's `KqPusherConf` block (`Brokers`, `Topic`) plus the
+/// pusher options as keys.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PusherConf {
+    /// The service name; becomes librdkafka's `client.id`.
+    #[serde(default)]
+    pub name: String,
+    /// Bootstrap brokers, `host:port` each. `[embedded]` starts the in-process broker.
+    pub brokers: Vec<String>,
+    /// The topic pushed to.
+    pub topic: String,
+    /// A PEM file of the certificate authority that signed the brokers' certificates; turns TLS on.
+    #[serde(default)]
+    pub ca_file: String,
+    /// SASL user; turns SASL on when set.
+    #[serde(default)]
+    pub username: String,
+    /// SASL password.
+    #[serde(default)]
+    pub password: String,
+    /// Bytes gathered into one batch before it is sent (go-queue's chunk size; `batch.size`).
+    #[serde(default = "defaults::chunk_size")]
+    pub chunk_size: usize,
+    /// The longest a message waits for its batch to fill (go-queue's flush interval; `linger.ms`).
+    #[serde(default = "defaults::flush_interval", with = "duration")]
+    pub flush_interval: Duration,
+    /// Every push waits for the broker's acknowledgement and returns its result.
+    #[serde(default)]
+    pub sync_push: bool,
+    /// Let the broker create the topic on first push (`allow.auto.create.topics`).
+    #[serde(default)]
+    pub allow_auto_topic_creation: bool,
+    /// Compression codec: `none`, `gzip`, `snappy`, `lz4` or `zstd`.
+    #[serde(default)]
+    pub compression: Compression,
+    /// The longest a push may take to be delivered before it fails (`message.timeout.ms`).
+    #[serde(default = "defaults::message_timeout", with = "duration")]
+    pub message_timeout: Duration,
+}
+
+impl PusherConf {
+    /// A configuration with go-queue's defaults for the given brokers and topic.
+    pub fn new(
+        brokers: impl IntoIterator<Item = impl Into<String>>,
+        topic: impl Into<String>,
+    ) -> Self {
+        PusherConf {
+            name: String::new(),
+            brokers: brokers.into_iter().map(Into::into).collect(),
+            topic: topic.into(),
+            ca_file: String::new(),
+            username: String::new(),
+            password: String::new(),
+            chunk_size: defaults::chunk_size(),
+            flush_interval: defaults::flush_interval(),
+            sync_push: false,
+            allow_auto_topic_creation: false,
+            compression: Compression::default(),
+            message_timeout: defaults::message_timeout(),
+        }
+    }
+
+    /// Checks what serde cannot. Names the key at fault.
+    pub fn validate(&self) -> Result<(), InvalidConf> {
+        require_brokers(&self.brokers)?;
+        require("Topic", &self.topic)?;
+        at_least("ChunkSize", self.chunk_size, 1)?;
+        Ok(())
+    }
+}
+
+impl fmt::Debug for PusherConf {
+    // Hand-written so that the password never reaches a log line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PusherConf")
+            .field("name", &self.name)
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic)
+            .field("ca_file", &self.ca_file)
+            .field("username", &self.username)
+            .field("password", &Redacted(&self.password))
+            .field("chunk_size", &self.chunk_size)
+            .field("flush_interval", &self.flush_interval)
+            .field("sync_push", &self.sync_push)
+            .field("allow_auto_topic_creation", &self.allow_auto_topic_creation)
+            .field("compression", &self.compression)
+            .field("message_timeout", &self.message_timeout)
+            .finish()
+    }
+}
+
+/// A value that deserialized but cannot work, with the key it came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{key}` {reason}")]
+pub struct InvalidConf {
+    /// The key at fault, relative to its block (`Processors`, `Retry.Attempts`).
+    pub key: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl InvalidConf {
+    fn new(key: &'static str, reason: impl Into<String>) -> Self {
+        InvalidConf {
+            key,
+            reason: reason.into(),
+        }
+    }
+}
+
+fn require(key: &'static str, value: &str) -> Result<(), InvalidConf> {
+    if value.trim().is_empty() {
+        return Err(InvalidConf::new(key, "must not be empty"));
+    }
+    Ok(())
+}
+
+fn require_brokers(brokers: &[String]) -> Result<(), InvalidConf> {
+    if brokers.is_empty() {
+        return Err(InvalidConf::new("Brokers", "must list at least one broker"));
+    }
+    if brokers.iter().any(|b| b.trim().is_empty()) {
+        return Err(InvalidConf::new(
+            "Brokers",
+            "must not contain an empty entry",
+        ));
+    }
+    if brokers.len() > 1 && brokers.iter().any(|b| b == crate::broker::EMBEDDED) {
+        return Err(InvalidConf::new(
+            "Brokers",
+            "`embedded` must be the only entry when it is used",
+        ));
+    }
+    Ok(())
+}
+
+fn at_least(key: &'static str, value: usize, min: usize) -> Result<(), InvalidConf> {
+    if value < min {
+        return Err(InvalidConf::new(
+            key,
+            format!("must be at least {min}, got {value}"),
+        ));
+    }
+    Ok(())
+}
+
+struct Redacted<'a>(&'a str);
+
+impl fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("\"\"")
+        } else {
+            f.write_str("\"<redacted>\"")
+        }
+    }
+}
+
+mod defaults {
+    use std::time::Duration;
+
+    pub fn conns() -> usize {
+        1
+    }
+    pub fn consumers() -> usize {
+        8
+    }
+    pub fn processors() -> usize {
+        8
+    }
+    pub fn min_bytes() -> usize {
+        10 * 1024
+    }
+    pub fn max_bytes() -> usize {
+        10 * 1024 * 1024
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn commit_interval() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn queue_capacity() -> usize {
+        1000
+    }
+    pub fn max_wait() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn shutdown_timeout() -> Duration {
+        // go-zero's default for a service group's graceful stop.
+        Duration::from_millis(5500)
+    }
+    pub fn chunk_size() -> usize {
+        // go-queue's default chunk: 1 MiB.
+        1024 * 1024
+    }
+    pub fn flush_interval() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn message_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+}
+
+/// Go-style durations (`300ms`, `1s`, `1m30s`, `1.5h`), the format go-zero's YAML uses.
+pub mod duration {
+    use super::*;
+
+    /// Deserializes a Go duration string; a bare number is read as seconds.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        struct Visitor;
+
+        impl de::Visitor<'_> for Visitor {
+            type Value = Duration;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration such as `500ms`, `1s` or `1m30s`")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+                parse(v).map_err(E::custom)
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
+                Ok(Duration::from_secs(v))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
+                u64::try_from(v)
+                    .map(Duration::from_secs)
+                    .map_err(|_| E::custom(format!("a duration cannot be negative, got {v}")))
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Duration, E> {
+                Duration::try_from_secs_f64(v)
+                    .map_err(|_| E::custom(format!("invalid duration {v}")))
+            }
+        }
+
+        deserializer.deserialize_any(Visitor)
+    }
+
+    /// Parses a Go duration: a sequence of decimal numbers, each with a unit among
+    /// `ns`, `us`, `µs`, `ms`, `s`, `m`, `h`. Negative durations are refused.
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        let s = text.trim();
+        let invalid =
+            || format!("invalid duration {text:?}: expected a form like `500ms`, `1s` or `1m30s`");
+        if s == "0" {
+            return Ok(Duration::ZERO);
+        }
+        if s.is_empty() || s.starts_with('-') {
+            return Err(invalid());
+        }
+        let s = s.strip_prefix('+').unwrap_or(s);
+        let mut rest = s;
+        let mut total = 0f64;
+        while !rest.is_empty() {
+            let number_len = rest
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .ok_or_else(invalid)?;
+            if number_len == 0 {
+                return Err(invalid());
+            }
+            let number: f64 = rest[..number_len].parse().map_err(|_| invalid())?;
+            rest = &rest[number_len..];
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit() || c == '.')
+                .unwrap_or(rest.len());
+            let seconds_per_unit = match &rest[..unit_len] {
+                "ns" => 1e-9,
+                "us" | "µs" | "μs" => 1e-6,
+                "ms" => 1e-3,
+                "s" => 1.0,
+                "m" => 60.0,
+                "h" => 3600.0,
+                _ => return Err(invalid()),
+            };
+            total += number * seconds_per_unit;
+            rest = &rest[unit_len..];
+        }
+        Duration::try_from_secs_f64(total).map_err(|_| invalid())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn parses_go_durations() {
+            assert_eq!(parse("1s"), Ok(Duration::from_secs(1)));
+            assert_eq!(parse("500ms"), Ok(Duration::from_millis(500)));
+            assert_eq!(parse("1m30s"), Ok(Duration::from_secs(90)));
+            assert_eq!(parse("1.5h"), Ok(Duration::from_secs(5400)));
+            assert_eq!(parse("250us"), Ok(Duration::from_micros(250)));
+            assert_eq!(parse("0"), Ok(Duration::ZERO));
+        }
+
+        #[test]
+        fn refuses_what_go_refuses() {
+            for bad in ["", "1", "s", "-1s", "1x", "1s2", "1..2s"] {
+                assert!(parse(bad).is_err(), "{bad:?} parsed");
+            }
+        }
+    }
+}

@@ -1,0 +1,441 @@
+//! The producer: go-queue's `Pusher`, on librdkafka's own batching, with every delivery
+//! failure surfaced.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::client::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message as _, OwnedHeaders};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
+};
+use tokio::sync::oneshot;
+
+use crate::broker::{Connection, EmbeddedBroker, EMBEDDED_PARTITIONS};
+use crate::conf::PusherConf;
+use crate::error::Error;
+
+/// Where a pushed message landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    /// The partition it was written to.
+    pub partition: i32,
+    /// Its offset there.
+    pub offset: i64,
+}
+
+/// Why a push, a flush or a close failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum PushError {
+    /// The broker, or librdkafka on its behalf, refused the message.
+    #[error("delivery to `{topic}` failed: {error}")]
+    Delivery {
+        /// The topic pushed to.
+        topic: String,
+        /// librdkafka's error.
+        error: KafkaError,
+    },
+    /// The local send queue stayed full for the whole message timeout.
+    #[error("the send queue for `{topic}` stayed full for {waited:?}")]
+    QueueFull {
+        /// The topic pushed to.
+        topic: String,
+        /// How long the push waited for room.
+        waited: Duration,
+    },
+    /// Messages pushed without waiting were not delivered; each also went to the error callback.
+    #[error(
+        "{failed} message(s) could not be delivered to `{topic}`; the last error: {last_error}"
+    )]
+    Undelivered {
+        /// The topic pushed to.
+        topic: String,
+        /// How many failed since the previous flush.
+        failed: u64,
+        /// The last failure's text.
+        last_error: String,
+    },
+    /// A flush or close ran out of time with messages still on their way.
+    #[error("{pending} message(s) to `{topic}` were still in flight after {waited:?}")]
+    FlushTimeout {
+        /// The topic pushed to.
+        topic: String,
+        /// Messages not yet acknowledged.
+        pending: i32,
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// The value could not be encoded as JSON.
+    #[error("cannot encode the message as JSON: {0}")]
+    Encode(String),
+}
+
+/// A delivery failure of a message pushed without waiting for it.
+#[derive(Debug, Clone)]
+pub struct DeliveryFailure {
+    /// The topic it was pushed to.
+    pub topic: String,
+    /// Its key, if any.
+    pub key: Option<Vec<u8>>,
+    /// The error.
+    pub error: KafkaError,
+}
+
+type FailureCallback = Arc<dyn Fn(&DeliveryFailure) + Send + Sync>;
+type Waiter = Box<Option<oneshot::Sender<Result<Delivery, KafkaError>>>>;
+
+/// Counts and routes delivery results; runs on librdkafka's delivery thread.
+struct PushContext {
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    unreported: Mutex<Option<(u64, String)>>,
+    on_failure: Mutex<Option<FailureCallback>>,
+}
+
+impl ClientContext for PushContext {}
+
+impl ProducerContext for PushContext {
+    type DeliveryOpaque = Waiter;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, waiter: Waiter) {
+        match result {
+            Ok(message) => {
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+                if let Some(waiter) = *waiter {
+                    let _ = waiter.send(Ok(Delivery {
+                        partition: message.partition(),
+                        offset: message.offset(),
+                    }));
+                }
+            }
+            Err((error, message)) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                if let Some(waiter) = *waiter {
+                    // The caller is waiting and receives the error itself.
+                    let _ = waiter.send(Err(error.clone()));
+                    return;
+                }
+                let failure = DeliveryFailure {
+                    topic: message.topic().to_owned(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    error: error.clone(),
+                };
+                {
+                    let mut unreported = lock(&self.unreported);
+                    let count = unreported.as_ref().map_or(0, |(n, _)| *n);
+                    *unreported = Some((count + 1, error.to_string()));
+                }
+                match lock(&self.on_failure).clone() {
+                    Some(callback) => callback(&failure),
+                    None => tracing::error!(
+                        topic = %failure.topic,
+                        error = %failure.error,
+                        "push not delivered"
+                    ),
+                }
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct Inner {
+    producer: ThreadedProducer<PushContext>,
+    topic: String,
+    sync_push: bool,
+    message_timeout: Duration,
+}
+
+impl Drop for Inner {
+    // librdkafka purges whatever is still queued when a producer is destroyed; flush first so
+    // that dropping the last handle delivers what was pushed, for as long as a push may take.
+    fn drop(&mut self) {
+        let pending = self.producer.in_flight_count();
+        if pending > 0 {
+            if let Err(e) = self.producer.flush(self.message_timeout) {
+                tracing::error!(
+                    topic = %self.topic,
+                    pending = self.producer.in_flight_count(),
+                    error = %e,
+                    "pusher dropped with messages not delivered"
+                );
+            }
+        }
+    }
+}
+
+/// Pushes messages to one topic. Cheap to clone; clones share one producer.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let pusher = kq::Pusher::new(["127.0.0.1:9092"], "payment-success")?;
+/// pusher.push("zhangSan").await?;
+/// pusher.kpush("order-42", r#"{"cents":1200}"#).await?;
+/// pusher.close().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Pusher {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Pusher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pusher")
+            .field("topic", &self.inner.topic)
+            .field("sync_push", &self.inner.sync_push)
+            .finish()
+    }
+}
+
+impl Pusher {
+    /// A pusher to `topic` with go-queue's default options.
+    pub fn new(
+        brokers: impl IntoIterator<Item = impl Into<String>>,
+        topic: impl Into<String>,
+    ) -> Result<Pusher, Error> {
+        Pusher::from_conf(&PusherConf::new(brokers, topic))
+    }
+
+    /// A pusher configured by a `PusherConf` block.
+    pub fn from_conf(conf: &PusherConf) -> Result<Pusher, Error> {
+        conf.validate()?;
+        let connection = Connection {
+            name: &conf.name,
+            brokers: &conf.brokers,
+            ca_file: &conf.ca_file,
+            username: &conf.username,
+            password: &conf.password,
+        };
+        if connection.is_embedded() {
+            EmbeddedBroker::get()?.create_topic(&conf.topic, EMBEDDED_PARTITIONS)?;
+        }
+        let mut config = connection.client_config()?;
+        config
+            // Java clients hash keys with murmur2: the same key lands on the same partition
+            // whichever client wrote it.
+            .set("partitioner", "murmur2_random")
+            .set(
+                "batch.size",
+                conf.chunk_size.min(i32::MAX as usize).to_string(),
+            )
+            .set("linger.ms", millis(conf.flush_interval).to_string())
+            .set("compression.codec", conf.compression.codec())
+            .set(
+                "message.timeout.ms",
+                millis(conf.message_timeout).max(1).to_string(),
+            )
+            .set(
+                "allow.auto.create.topics",
+                conf.allow_auto_topic_creation.to_string(),
+            );
+        let context = PushContext {
+            delivered: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            unreported: Mutex::new(None),
+            on_failure: Mutex::new(None),
+        };
+        let producer = config.create_with_context(context)?;
+        Ok(Pusher {
+            inner: Arc::new(Inner {
+                producer,
+                topic: conf.topic.clone(),
+                sync_push: conf.sync_push,
+                message_timeout: conf.message_timeout,
+            }),
+        })
+    }
+
+    /// The topic this pusher writes to (go-queue's `Name`).
+    pub fn name(&self) -> &str {
+        &self.inner.topic
+    }
+
+    /// Pushes a value under a time-based key, as go-queue does, which spreads keyless pushes
+    /// over the partitions.
+    pub async fn push(&self, value: impl AsRef<[u8]>) -> Result<Option<Delivery>, PushError> {
+        let key = time_key();
+        self.send(Some(key.as_bytes()), Some(value.as_ref()), None)
+            .await
+    }
+
+    /// Pushes a value under `key`; every message with the same key goes to the same partition.
+    pub async fn push_with_key(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> Result<Option<Delivery>, PushError> {
+        self.send(Some(key.as_ref()), Some(value.as_ref()), None)
+            .await
+    }
+
+    /// go-queue's name for [`push_with_key`](Pusher::push_with_key).
+    pub async fn kpush(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> Result<Option<Delivery>, PushError> {
+        self.push_with_key(key, value).await
+    }
+
+    /// Pushes a value under `key` with headers.
+    pub async fn push_with_headers<'h>(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        headers: impl IntoIterator<Item = (&'h str, &'h [u8])>,
+    ) -> Result<Option<Delivery>, PushError> {
+        let headers = headers
+            .into_iter()
+            .fold(OwnedHeaders::new(), |all, (name, value)| {
+                all.insert(Header {
+                    key: name,
+                    value: Some(value),
+                })
+            });
+        self.send(Some(key.as_ref()), Some(value.as_ref()), Some(headers))
+            .await
+    }
+
+    /// Pushes `value` encoded as JSON under `key`.
+    pub async fn push_json<T: serde::Serialize + ?Sized>(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: &T,
+    ) -> Result<Option<Delivery>, PushError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| PushError::Encode(e.to_string()))?;
+        self.send(Some(key.as_ref()), Some(&bytes), None).await
+    }
+
+    /// Sets what happens to a delivery failure of a message pushed without waiting; by default
+    /// it is logged. Either way it is counted and reported by the next `flush` or `close`.
+    pub fn on_delivery_failure(&self, callback: impl Fn(&DeliveryFailure) + Send + Sync + 'static) {
+        *lock(&self.inner.producer.context().on_failure) = Some(Arc::new(callback));
+    }
+
+    /// Messages acknowledged by the broker so far.
+    pub fn delivered(&self) -> u64 {
+        self.inner
+            .producer
+            .context()
+            .delivered
+            .load(Ordering::Relaxed)
+    }
+
+    /// Messages that failed delivery so far.
+    pub fn failed(&self) -> u64 {
+        self.inner.producer.context().failed.load(Ordering::Relaxed)
+    }
+
+    /// Waits until every queued message is delivered or has failed, for at most `timeout`.
+    /// Reports the failures of messages pushed without waiting since the previous flush.
+    pub async fn flush(&self, timeout: Duration) -> Result<(), PushError> {
+        let inner = self.inner.clone();
+        // librdkafka's flush blocks; keep it off the async workers.
+        let flushed = tokio::task::spawn_blocking(move || inner.producer.flush(timeout))
+            .await
+            .unwrap_or(Err(KafkaError::Flush(RDKafkaErrorCode::Fail)));
+        if flushed.is_err() {
+            return Err(PushError::FlushTimeout {
+                topic: self.inner.topic.clone(),
+                pending: self.inner.producer.in_flight_count(),
+                waited: timeout,
+            });
+        }
+        match lock(&self.inner.producer.context().unreported).take() {
+            Some((failed, last_error)) => Err(PushError::Undelivered {
+                topic: self.inner.topic.clone(),
+                failed,
+                last_error,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Delivers everything queued (for at most the message timeout) and reports failures, as
+    /// go-queue's `Close`. The pusher stays usable; dropping the last clone also flushes.
+    pub async fn close(&self) -> Result<(), PushError> {
+        self.flush(self.inner.message_timeout).await
+    }
+
+    /// Sends one record, waiting for room in the local queue; in sync mode also waits for the
+    /// broker's acknowledgement.
+    pub(crate) async fn send(
+        &self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: Option<OwnedHeaders>,
+    ) -> Result<Option<Delivery>, PushError> {
+        let inner = &*self.inner;
+        let (waiter, delivered) = if inner.sync_push {
+            let (tx, rx) = oneshot::channel();
+            (Box::new(Some(tx)), Some(rx))
+        } else {
+            (Box::new(None), None)
+        };
+        let started = Instant::now();
+        let mut record: BaseRecord<'_, [u8], [u8], Waiter> =
+            BaseRecord::with_opaque_to(&inner.topic, waiter);
+        record.key = key;
+        record.payload = value;
+        record.headers = headers;
+        loop {
+            match inner.producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    // The local queue is full: wait for deliveries to make room rather than
+                    // fail at once, bounded by the time a message may take to deliver.
+                    if started.elapsed() >= inner.message_timeout {
+                        return Err(PushError::QueueFull {
+                            topic: inner.topic.clone(),
+                            waited: started.elapsed(),
+                        });
+                    }
+                    record = returned;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err((error, _)) => {
+                    return Err(PushError::Delivery {
+                        topic: inner.topic.clone(),
+                        error,
+                    })
+                }
+            }
+        }
+        let Some(delivered) = delivered else {
+            return Ok(None);
+        };
+        match delivered.await {
+            Ok(Ok(delivery)) => Ok(Some(delivery)),
+            Ok(Err(error)) => Err(PushError::Delivery {
+                topic: inner.topic.clone(),
+                error,
+            }),
+            // The producer dropped the waiter without a result: only when it is destroyed.
+            Err(_) => Err(PushError::Delivery {
+                topic: inner.topic.clone(),
+                error: KafkaError::Canceled,
+            }),
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u128 {
+    duration.as_millis()
+}
+
+/// go-queue keys keyless pushes with the current time in nanoseconds.
+fn time_key() -> String {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+        .to_string()
+}

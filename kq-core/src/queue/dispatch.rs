@@ -1,0 +1,163 @@
+//! Routing fetched messages to processor lanes: by key for per-key order, by partition for
+//! strict partition order, or to any free processor when order does not matter.
+
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::Arc;
+
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::Mutex;
+
+use super::offsets::PartitionState;
+use crate::conf::Ordering;
+use crate::message::Message;
+
+/// A message on its way to a processor, with the partition state it reports back to.
+pub(crate) struct Job {
+    pub msg: Message,
+    pub partition: Arc<PartitionState>,
+    _slot: Slot,
+}
+
+/// Counts a job as in flight until it is dropped, whatever became of it.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, AtomicOrdering::AcqRel);
+    }
+}
+
+/// Where a processor takes its jobs from.
+pub(crate) enum Lane {
+    /// Its own queue: the jobs routed to it, in order.
+    Own(UnboundedReceiver<Job>),
+    /// A queue shared by every processor (no ordering).
+    Shared(Arc<Mutex<UnboundedReceiver<Job>>>),
+}
+
+impl Lane {
+    pub async fn next(&mut self) -> Option<Job> {
+        match self {
+            Lane::Own(jobs) => jobs.recv().await,
+            Lane::Shared(jobs) => jobs.lock().await.recv().await,
+        }
+    }
+}
+
+/// The sending side of the lanes.
+pub(crate) struct Dispatcher {
+    lanes: Vec<UnboundedSender<Job>>,
+    ordering: Ordering,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Dispatcher {
+    /// Creates `processors` lanes for this ordering.
+    pub fn new(
+        processors: usize,
+        ordering: Ordering,
+        in_flight: Arc<AtomicUsize>,
+    ) -> (Self, Vec<Lane>) {
+        let (lanes, receivers) = if ordering == Ordering::None {
+            let (tx, rx) = unbounded_channel();
+            let rx = Arc::new(Mutex::new(rx));
+            (
+                vec![tx],
+                (0..processors).map(|_| Lane::Shared(rx.clone())).collect(),
+            )
+        } else {
+            (0..processors)
+                .map(|_| {
+                    let (tx, rx) = unbounded_channel();
+                    (tx, Lane::Own(rx))
+                })
+                .unzip()
+        };
+        let dispatcher = Dispatcher {
+            lanes,
+            ordering,
+            in_flight,
+        };
+        (dispatcher, receivers)
+    }
+
+    /// Messages in flight (queued or running) now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(AtomicOrdering::Acquire)
+    }
+
+    /// Records the message as fetched and queues it on its lane.
+    pub fn dispatch(&self, partition: Arc<PartitionState>, msg: Message) {
+        partition.fetched(msg.offset());
+        let lane = self.lane_of(&msg);
+        self.in_flight.fetch_add(1, AtomicOrdering::AcqRel);
+        let job = Job {
+            msg,
+            partition,
+            _slot: Slot(self.in_flight.clone()),
+        };
+        // A lane's receiver lives as long as the queue runs; a failed send drops the job,
+        // which leaves its offset below the watermark, to be delivered again.
+        let _ = self.lanes[lane].send(job);
+    }
+
+    fn lane_of(&self, msg: &Message) -> usize {
+        let lanes = self.lanes.len() as u64;
+        let by_partition = || msg.partition() as u64 % lanes;
+        let lane = match self.ordering {
+            Ordering::None => 0,
+            Ordering::Partition => by_partition(),
+            Ordering::Key => match msg.key() {
+                Some(key) => fnv1a(key) % lanes,
+                None => by_partition(),
+            },
+        };
+        lane as usize
+    }
+}
+
+/// FNV-1a: fast on short keys and stable across runs and platforms.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(ordering: Ordering, msgs: &[Message]) -> Vec<usize> {
+        let (dispatcher, _lanes) = Dispatcher::new(8, ordering, Arc::new(AtomicUsize::new(0)));
+        msgs.iter().map(|m| dispatcher.lane_of(m)).collect()
+    }
+
+    #[test]
+    fn same_key_same_lane_whatever_the_partition() {
+        let msgs: Vec<_> = (0..4)
+            .map(|p| Message::new("t", p, 0).with_key("order-7"))
+            .collect();
+        let lanes = route(Ordering::Key, &msgs);
+        assert!(lanes.iter().all(|&l| l == lanes[0]), "{lanes:?}");
+    }
+
+    #[test]
+    fn keys_spread_over_lanes() {
+        let msgs: Vec<_> = (0..64)
+            .map(|i| Message::new("t", 0, i).with_key(format!("key-{i}")))
+            .collect();
+        let mut used = route(Ordering::Key, &msgs);
+        used.sort();
+        used.dedup();
+        assert_eq!(used.len(), 8);
+    }
+
+    #[test]
+    fn partition_order_uses_the_partition_only() {
+        let msgs = [
+            Message::new("t", 3, 0).with_key("a"),
+            Message::new("t", 3, 1).with_key("b"),
+        ];
+        assert_eq!(route(Ordering::Partition, &msgs), vec![3, 3]);
+    }
+}

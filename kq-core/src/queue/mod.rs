@@ -1,0 +1,223 @@
+//! A consumer queue: go-queue's `kq.Queue`, correct.
+//!
+//! A message travels through one module per stage:
+//!
+//! 1. [`fetch`]: each group member (`Conns`) polls librdkafka on a thread of its own, pausing
+//!    partitions instead of buffering when the queue is full;
+//! 2. [`dispatch`]: routes the message to a processor lane by key (per-key order);
+//! 3. [`processor`]: runs the handler under the error policy (retries, dead letters, panics);
+//! 4. [`offsets`]: tracks what is done per partition and yields the gap-free watermark;
+//! 5. [`commit`]: commits watermarks on an interval, and synchronously on revoke and shutdown;
+//!
+//! with [`rebalance`] draining revoked partitions before they are released.
+
+mod commit;
+mod dispatch;
+mod fetch;
+mod offsets;
+mod processor;
+
+pub use processor::dead_letter_headers;
+mod rebalance;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::conf::KqConf;
+use crate::error::Error;
+use crate::handler::{Handler, HandlerError};
+use crate::message::Message;
+use crate::pusher::Pusher;
+use crate::service::Shutdown;
+
+/// What became of a message, as reported to [`Metrics`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// The handler succeeded.
+    Ok,
+    /// The handler failed and the message will be tried again.
+    Retried,
+    /// The handler failed for good; the message was committed past (`ForceCommit: true`).
+    Failed,
+    /// The message was written to the dead-letter topic.
+    DeadLettered,
+}
+
+/// Receives the outcome and handler time of every message (go-queue's `WithMetrics`).
+pub trait Metrics: Send + Sync + 'static {
+    /// Called once per handler run.
+    fn record(&self, consumer: &str, outcome: Outcome, elapsed: Duration);
+}
+
+/// Called with every message that failed for good (go-queue's `WithErrorHandler`).
+pub type ErrorHandler = Arc<dyn Fn(&Message, &HandlerError) + Send + Sync>;
+
+/// A consumer queue: one topic, one group, one handler.
+///
+/// ```no_run
+/// use kq::{HandlerError, KqConf, Message, Queue, ServiceGroup};
+///
+/// struct Print;
+///
+/// impl kq::Handler for Print {
+///     fn handle<'a>(&'a self, msg: &'a Message) -> kq::BoxFuture<'a, Result<(), HandlerError>> {
+///         Box::pin(async move {
+///             println!("{:?}", msg.value_str());
+///             Ok(())
+///         })
+///     }
+/// }
+///
+/// # async fn run() -> Result<(), kq::Error> {
+/// let conf = KqConf::new(["127.0.0.1:9092"], "printer", "payment-success");
+/// let queue = Queue::new("print", conf, Print)
+///     .with_commit_interval(std::time::Duration::from_millis(500));
+/// let mut group = ServiceGroup::new();
+/// group.add(queue);
+/// group.run().await
+/// # }
+/// ```
+pub struct Queue {
+    name: String,
+    conf: KqConf,
+    handler: Arc<dyn Handler>,
+    error_handler: Option<ErrorHandler>,
+    metrics: Option<Arc<dyn Metrics>>,
+}
+
+impl fmt::Debug for Queue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("name", &self.name)
+            .field("conf", &self.conf)
+            .finish()
+    }
+}
+
+impl Queue {
+    /// A queue named `name` (for logs and metrics) that runs `handler` for every message.
+    pub fn new(name: impl Into<String>, conf: KqConf, handler: impl Handler) -> Self {
+        Queue {
+            name: name.into(),
+            conf,
+            handler: Arc::new(handler),
+            error_handler: None,
+            metrics: None,
+        }
+    }
+
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its configuration.
+    pub fn conf(&self) -> &KqConf {
+        &self.conf
+    }
+
+    /// Overrides `CommitInterval`.
+    pub fn with_commit_interval(mut self, interval: Duration) -> Self {
+        self.conf.commit_interval = interval;
+        self
+    }
+
+    /// Overrides `QueueCapacity`.
+    pub fn with_queue_capacity(mut self, capacity: usize) -> Self {
+        self.conf.queue_capacity = capacity;
+        self
+    }
+
+    /// Overrides `MaxWait`.
+    pub fn with_max_wait(mut self, max_wait: Duration) -> Self {
+        self.conf.max_wait = max_wait;
+        self
+    }
+
+    /// Reports every message's outcome and handler time.
+    pub fn with_metrics(mut self, metrics: impl Metrics) -> Self {
+        self.metrics = Some(Arc::new(metrics));
+        self
+    }
+
+    /// Replaces the default error handler, which logs the failure with topic, partition and
+    /// offset. It sees each message that failed for good, after its retries.
+    pub fn with_error_handler(
+        mut self,
+        handler: impl Fn(&Message, &HandlerError) + Send + Sync + 'static,
+    ) -> Self {
+        self.error_handler = Some(Arc::new(handler));
+        self
+    }
+
+    /// Runs the queue until `shutdown` triggers, then drains, commits and leaves the group.
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), Error> {
+        self.conf.validate()?;
+        let dead_letter = match self.conf.dead_letter_topic.as_str() {
+            "" => None,
+            topic => Some(dead_letter_pusher(&self.conf, topic)?),
+        };
+        let shared = Arc::new(QueueShared {
+            error_handler: self.error_handler.unwrap_or_else(|| Arc::new(log_failure)),
+            name: self.name,
+            conf: self.conf,
+            handler: self.handler,
+            metrics: self.metrics,
+            dead_letter,
+        });
+        let mut members = Vec::with_capacity(shared.conf.conns);
+        for member in 0..shared.conf.conns {
+            members.push(fetch::spawn_member(
+                shared.clone(),
+                member,
+                shutdown.clone(),
+            )?);
+        }
+        let mut first_error = None;
+        for member in members {
+            if let Err(e) = member.await {
+                // One member failing stops its siblings too: the service is not healthy.
+                shutdown.trigger();
+                first_error.get_or_insert(e);
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What every member and processor of a queue shares.
+pub(crate) struct QueueShared {
+    pub name: String,
+    pub conf: KqConf,
+    pub handler: Arc<dyn Handler>,
+    pub error_handler: ErrorHandler,
+    pub metrics: Option<Arc<dyn Metrics>>,
+    pub dead_letter: Option<Pusher>,
+}
+
+fn dead_letter_pusher(conf: &KqConf, topic: &str) -> Result<Pusher, Error> {
+    let mut pusher_conf = crate::conf::PusherConf::new(conf.brokers.clone(), topic);
+    pusher_conf.name = conf.name.clone();
+    pusher_conf.ca_file = conf.ca_file.clone();
+    pusher_conf.username = conf.username.clone();
+    pusher_conf.password = conf.password.clone();
+    // A dead letter must be on the broker before its source offset is committed.
+    pusher_conf.sync_push = true;
+    pusher_conf.flush_interval = Duration::from_millis(5);
+    Pusher::from_conf(&pusher_conf)
+}
+
+fn log_failure(msg: &Message, error: &HandlerError) {
+    tracing::error!(
+        topic = msg.topic(),
+        partition = msg.partition(),
+        offset = msg.offset(),
+        error = %error,
+        "message failed"
+    );
+}

@@ -1,0 +1,241 @@
+//! Per-partition progress: which fetched offsets are queued, running or done, and the
+//! watermark — the offset below which every message is done — that is safe to commit.
+//!
+//! A commit tells Kafka "everything before this offset is handled". Committing the highest
+//! finished offset (go-queue's behaviour) loses every slower message below it on a crash, so
+//! kq commits only the watermark.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Queued,
+    Running,
+    Done,
+}
+
+#[derive(Debug)]
+struct Progress {
+    /// Offsets fetched and not yet below the watermark, ascending.
+    window: VecDeque<(i64, Stage)>,
+    /// One past the highest offset fetched, so the watermark when the window is empty.
+    next: i64,
+    /// The last watermark handed to the committer.
+    committed: i64,
+    running: usize,
+}
+
+/// One assignment of one partition to this group member. A revoked partition that comes
+/// back later gets a fresh `PartitionState`, so late work from the old assignment can never
+/// move the new one's watermark.
+#[derive(Debug)]
+pub(crate) struct PartitionState {
+    partition: i32,
+    revoked: AtomicBool,
+    progress: Mutex<Progress>,
+}
+
+impl PartitionState {
+    pub fn new(partition: i32) -> Arc<Self> {
+        Arc::new(PartitionState {
+            partition,
+            revoked: AtomicBool::new(false),
+            progress: Mutex::new(Progress {
+                window: VecDeque::new(),
+                next: -1,
+                committed: -1,
+                running: 0,
+            }),
+        })
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    fn progress(&self) -> MutexGuard<'_, Progress> {
+        // A panic while the lock is held cannot leave `Progress` half-updated (each method
+        // finishes its change before anything can panic), so a poisoned lock is still sound.
+        self.progress.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a fetched offset. Offsets arrive in ascending order per partition.
+    pub fn fetched(&self, offset: i64) {
+        let mut p = self.progress();
+        p.window.push_back((offset, Stage::Queued));
+        p.next = offset + 1;
+    }
+
+    /// Marks an offset as running, unless the partition was revoked meanwhile: a revoked
+    /// partition's queued messages belong to its next owner and must not run here.
+    pub fn start(&self, offset: i64) -> bool {
+        let mut p = self.progress();
+        if self.is_revoked() {
+            return false;
+        }
+        if let Some(i) = position(&p.window, offset) {
+            p.window[i].1 = Stage::Running;
+            p.running += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Marks an offset as done and slides the watermark past every done offset in front.
+    pub fn finish(&self, offset: i64) {
+        let mut p = self.progress();
+        if let Some(i) = position(&p.window, offset) {
+            if p.window[i].1 == Stage::Running {
+                p.running -= 1;
+            }
+            p.window[i].1 = Stage::Done;
+        }
+        while matches!(p.window.front(), Some((_, Stage::Done))) {
+            p.window.pop_front();
+        }
+    }
+
+    /// Takes back a running offset without finishing it (its work was abandoned), so the
+    /// watermark stays below it and it is delivered again.
+    pub fn abandon(&self, offset: i64) {
+        let mut p = self.progress();
+        if let Some(i) = position(&p.window, offset) {
+            if p.window[i].1 == Stage::Running {
+                p.running -= 1;
+                p.window[i].1 = Stage::Queued;
+            }
+        }
+    }
+
+    /// The offset to commit: the first one not done, or one past the last fetched.
+    pub fn watermark(&self) -> Option<i64> {
+        let p = self.progress();
+        watermark_of(&p)
+    }
+
+    /// The watermark if it moved since the last call, recording it as committed.
+    pub fn take_commit(&self) -> Option<i64> {
+        let mut p = self.progress();
+        let mark = watermark_of(&p)?;
+        if mark > p.committed {
+            p.committed = mark;
+            Some(mark)
+        } else {
+            None
+        }
+    }
+
+    /// Offsets fetched but not yet below the watermark.
+    pub fn window_len(&self) -> usize {
+        self.progress().window.len()
+    }
+
+    /// Handlers running now.
+    pub fn running(&self) -> usize {
+        self.progress().running
+    }
+
+    /// Stops queued messages from starting; running ones finish.
+    pub fn revoke(&self) {
+        // Taking the lock orders this with `start`: after it, no queued message can start.
+        let _p = self.progress();
+        self.revoked.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::SeqCst)
+    }
+}
+
+fn watermark_of(p: &Progress) -> Option<i64> {
+    match p.window.front() {
+        Some(&(offset, _)) => Some(offset),
+        None if p.next >= 0 => Some(p.next),
+        None => None,
+    }
+}
+
+fn position(window: &VecDeque<(i64, Stage)>, offset: i64) -> Option<usize> {
+    window.binary_search_by_key(&offset, |&(o, _)| o).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fetched(offsets: impl IntoIterator<Item = i64>) -> Arc<PartitionState> {
+        let state = PartitionState::new(0);
+        for o in offsets {
+            state.fetched(o);
+        }
+        state
+    }
+
+    #[test]
+    fn nothing_fetched_nothing_to_commit() {
+        assert_eq!(PartitionState::new(0).watermark(), None);
+    }
+
+    #[test]
+    fn watermark_never_passes_an_unfinished_offset() {
+        let state = fetched(10..15);
+        for o in (11..15).rev() {
+            assert!(state.start(o));
+            state.finish(o);
+            assert_eq!(state.watermark(), Some(10), "after finishing {o}");
+        }
+        assert!(state.start(10));
+        state.finish(10);
+        assert_eq!(state.watermark(), Some(15));
+        assert_eq!(state.window_len(), 0);
+    }
+
+    #[test]
+    fn gaps_in_offsets_are_fine() {
+        // Compacted topics and transaction markers leave holes in the offset sequence.
+        let state = fetched([3, 7, 8, 20]);
+        state.finish(7);
+        state.finish(3);
+        assert_eq!(state.watermark(), Some(8));
+        state.finish(20);
+        state.finish(8);
+        assert_eq!(state.watermark(), Some(21));
+    }
+
+    #[test]
+    fn take_commit_reports_each_watermark_once() {
+        let state = fetched(0..3);
+        assert_eq!(state.take_commit(), Some(0));
+        assert_eq!(state.take_commit(), None);
+        state.finish(0);
+        state.finish(1);
+        assert_eq!(state.take_commit(), Some(2));
+        assert_eq!(state.take_commit(), None);
+    }
+
+    #[test]
+    fn revoked_partitions_start_nothing_more() {
+        let state = fetched(0..3);
+        assert!(state.start(0));
+        state.revoke();
+        assert!(!state.start(1));
+        assert_eq!(state.running(), 1);
+        state.finish(0);
+        assert_eq!(state.running(), 0);
+        assert_eq!(state.watermark(), Some(1));
+    }
+
+    #[test]
+    fn abandoned_work_holds_the_watermark() {
+        let state = fetched(0..2);
+        assert!(state.start(0));
+        assert!(state.start(1));
+        state.finish(1);
+        state.abandon(0);
+        assert_eq!(state.running(), 0);
+        assert_eq!(state.watermark(), Some(0));
+    }
+}

@@ -1,0 +1,226 @@
+//! Processors: run the handler for each job under the error policy — retries with backoff,
+//! then the dead-letter topic, then commit past it (`ForceCommit: true`) or hold the
+//! partition and keep trying (`ForceCommit: false`). A panic is a failure like any other.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt as _;
+use rdkafka::message::{Header, OwnedHeaders};
+
+use super::dispatch::{Job, Lane};
+use super::{Outcome, QueueShared};
+use crate::handler::{HandlerError, HandlerErrorKind};
+use crate::message::Message;
+use crate::service::Shutdown;
+
+/// Header names of a dead letter, next to the original headers.
+pub mod dead_letter_headers {
+    /// The topic the message was consumed from.
+    pub const TOPIC: &str = "kq.source.topic";
+    /// Its partition there.
+    pub const PARTITION: &str = "kq.source.partition";
+    /// Its offset there.
+    pub const OFFSET: &str = "kq.source.offset";
+    /// The last error's text.
+    pub const ERROR: &str = "kq.error";
+    /// How many times the handler ran.
+    pub const ATTEMPTS: &str = "kq.attempts";
+}
+
+/// How a job ended.
+enum Settled {
+    /// Finished for good: its offset may be committed.
+    Done,
+    /// Given up because the partition was revoked or the service is stopping: its offset
+    /// must stay uncommitted so that the next owner handles it.
+    Abandoned,
+}
+
+/// Runs jobs from one lane, one at a time, until the lane closes.
+pub(crate) async fn run(queue: Arc<QueueShared>, mut lane: Lane, shutdown: Shutdown) {
+    while let Some(job) = lane.next().await {
+        let offset = job.msg.offset();
+        if !job.partition.start(offset) {
+            // Revoked or stopping: the message belongs to whoever consumes the partition next.
+            continue;
+        }
+        match settle(&queue, &job, &shutdown).await {
+            Settled::Done => job.partition.finish(offset),
+            Settled::Abandoned => job.partition.abandon(offset),
+        }
+    }
+}
+
+async fn settle(queue: &QueueShared, job: &Job, shutdown: &Shutdown) -> Settled {
+    let msg = &job.msg;
+    let policy = &queue.conf.retry;
+    let mut attempt: u32 = 1;
+    loop {
+        let started = Instant::now();
+        let error = match run_handler(queue, msg).await {
+            Ok(()) => {
+                record(queue, Outcome::Ok, started);
+                return Settled::Done;
+            }
+            Err(error) => error,
+        };
+        // A payload that cannot be decoded will not decode on a second try.
+        let retry = attempt < policy.attempts && error.kind() != HandlerErrorKind::Decode;
+        if retry {
+            record(queue, Outcome::Retried, started);
+            let wait = backoff(policy.backoff, policy.max_backoff, attempt);
+            tracing::warn!(
+                consumer = %queue.name,
+                topic = msg.topic(),
+                partition = msg.partition(),
+                offset = msg.offset(),
+                attempt,
+                retry_in = ?wait,
+                error = %error,
+                "handler failed, retrying"
+            );
+            if !wait_unless_stopped(wait, job, shutdown).await {
+                return Settled::Abandoned;
+            }
+            attempt += 1;
+            continue;
+        }
+
+        (queue.error_handler)(msg, &error);
+        if let Some(dead_letter) = &queue.dead_letter {
+            match dead_letter
+                .send(
+                    msg.key(),
+                    msg.value(),
+                    Some(dead_letter_headers(msg, &error, attempt)),
+                )
+                .await
+            {
+                Ok(_) => {
+                    record(queue, Outcome::DeadLettered, started);
+                    tracing::warn!(
+                        consumer = %queue.name,
+                        topic = msg.topic(),
+                        partition = msg.partition(),
+                        offset = msg.offset(),
+                        dead_letter_topic = dead_letter.name(),
+                        "message dead-lettered"
+                    );
+                    return Settled::Done;
+                }
+                Err(e) => tracing::error!(
+                    consumer = %queue.name,
+                    topic = msg.topic(),
+                    partition = msg.partition(),
+                    offset = msg.offset(),
+                    error = %e,
+                    "dead letter not written"
+                ),
+            }
+        }
+        if queue.conf.force_commit {
+            record(queue, Outcome::Failed, started);
+            return Settled::Done;
+        }
+        record(queue, Outcome::Retried, started);
+        tracing::warn!(
+            consumer = %queue.name,
+            topic = msg.topic(),
+            partition = msg.partition(),
+            offset = msg.offset(),
+            retry_in = ?policy.max_backoff,
+            "holding the partition's commits at this message until it succeeds (ForceCommit: false)"
+        );
+        if !wait_unless_stopped(policy.max_backoff, job, shutdown).await {
+            return Settled::Abandoned;
+        }
+        attempt = attempt.saturating_add(1);
+    }
+}
+
+/// Runs the handler once, turning a panic into an error so the processor survives it.
+async fn run_handler(queue: &QueueShared, msg: &Message) -> Result<(), HandlerError> {
+    let future = match std::panic::catch_unwind(AssertUnwindSafe(|| queue.handler.handle(msg))) {
+        Ok(future) => future,
+        Err(panic) => return Err(HandlerError::panicked(&*panic)),
+    };
+    AssertUnwindSafe(future)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| Err(HandlerError::panicked(&*panic)))
+}
+
+fn record(queue: &QueueShared, outcome: Outcome, started: Instant) {
+    if let Some(metrics) = &queue.metrics {
+        metrics.record(&queue.name, outcome, started.elapsed());
+    }
+}
+
+/// The wait before attempt `attempt + 1`: `initial`, doubling each time, capped at `max`.
+fn backoff(initial: Duration, max: Duration, attempt: u32) -> Duration {
+    let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
+    initial.saturating_mul(factor).min(max)
+}
+
+/// Sleeps, but wakes early and returns `false` when the service stops or the partition is
+/// revoked, so that a retrying message never delays a rebalance or a shutdown.
+async fn wait_unless_stopped(wait: Duration, job: &Job, shutdown: &Shutdown) -> bool {
+    const SLICE: Duration = Duration::from_millis(50);
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if shutdown.is_triggered() || job.partition.is_revoked() {
+            return false;
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return true;
+        }
+        tokio::select! {
+            () = tokio::time::sleep((deadline - now).min(SLICE)) => {}
+            () = shutdown.wait() => return false,
+        }
+    }
+}
+
+fn dead_letter_headers(msg: &Message, error: &HandlerError, attempts: u32) -> OwnedHeaders {
+    use dead_letter_headers::*;
+    let mut headers = OwnedHeaders::new_with_capacity(msg.headers().len() + 5);
+    for (name, value) in msg.headers().iter() {
+        headers = headers.insert(Header { key: name, value });
+    }
+    let partition = msg.partition().to_string();
+    let offset = msg.offset().to_string();
+    let error = error.to_string();
+    let attempts = attempts.to_string();
+    for (key, value) in [
+        (TOPIC, msg.topic()),
+        (PARTITION, &partition),
+        (OFFSET, &offset),
+        (ERROR, &error),
+        (ATTEMPTS, &attempts),
+    ] {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value.as_bytes()),
+        });
+    }
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let ms = Duration::from_millis;
+        let waits: Vec<_> = (1..=6).map(|a| backoff(ms(100), ms(1000), a)).collect();
+        assert_eq!(
+            waits,
+            [ms(100), ms(200), ms(400), ms(800), ms(1000), ms(1000)]
+        );
+        assert_eq!(backoff(ms(100), ms(1000), u32::MAX), ms(1000));
+    }
+}

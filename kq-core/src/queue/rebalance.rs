@@ -1,0 +1,157 @@
+//! One group member's shared state, and the rebalance callbacks that drain a revoked
+//! partition before it is released.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
+use rdkafka::TopicPartitionList;
+
+use super::commit;
+use super::offsets::PartitionState;
+use super::QueueShared;
+
+/// A group member: one librdkafka consumer and the partitions it currently owns.
+pub(crate) struct Member {
+    pub queue: Arc<QueueShared>,
+    pub topic: Arc<str>,
+    pub index: usize,
+    /// Messages dispatched and not yet dropped (finished, abandoned or skipped).
+    pub in_flight: Arc<AtomicUsize>,
+    partitions: Mutex<HashMap<i32, Arc<PartitionState>>>,
+}
+
+impl Member {
+    pub fn new(queue: Arc<QueueShared>, index: usize) -> Self {
+        Member {
+            topic: Arc::from(queue.conf.topic.as_str()),
+            queue,
+            index,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            partitions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn partitions(&self) -> MutexGuard<'_, HashMap<i32, Arc<PartitionState>>> {
+        self.partitions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current assignment's state of a partition, created on its first message.
+    pub fn partition(&self, partition: i32) -> Arc<PartitionState> {
+        self.partitions()
+            .entry(partition)
+            .or_insert_with(|| PartitionState::new(partition))
+            .clone()
+    }
+
+    /// Every partition owned now.
+    pub fn owned(&self) -> Vec<Arc<PartitionState>> {
+        self.partitions().values().cloned().collect()
+    }
+
+    /// Gives partitions up: queued messages stop starting, running handlers get up to
+    /// `ShutdownTimeout` to finish, then the watermarks are committed synchronously. Whatever
+    /// did not finish stays below the committed offset and goes to the next owner.
+    pub fn release(&self, consumer: &BaseConsumer<MemberContext>, partitions: &[i32]) {
+        let released: Vec<_> = {
+            let mut owned = self.partitions();
+            partitions.iter().filter_map(|p| owned.remove(p)).collect()
+        };
+        if released.is_empty() {
+            return;
+        }
+        for state in &released {
+            state.revoke();
+        }
+        let abandoned = wait_for_running(&released, self.queue.conf.shutdown_timeout);
+        if abandoned > 0 {
+            tracing::warn!(
+                consumer = %self.queue.name,
+                topic = %self.topic,
+                abandoned,
+                "handlers still running after the shutdown timeout; their messages will be delivered again"
+            );
+        }
+        commit::commit_sync(consumer, &self.topic, &released);
+    }
+}
+
+/// Waits until no handler of these partitions runs, for at most `timeout`; returns how many
+/// still run.
+pub(crate) fn wait_for_running(states: &[Arc<PartitionState>], timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let running: usize = states.iter().map(|s| s.running()).sum();
+        if running == 0 || Instant::now() >= deadline {
+            return running;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The librdkafka callbacks of a member.
+pub(crate) struct MemberContext {
+    pub member: Arc<Member>,
+}
+
+impl ClientContext for MemberContext {}
+
+impl ConsumerContext for MemberContext {
+    // Runs on the fetch thread inside `poll`, before librdkafka unassigns: the only moment a
+    // member can still commit for partitions it is losing.
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let partitions = partitions_of(list);
+            tracing::info!(
+                consumer = %self.member.queue.name,
+                member = self.member.index,
+                topic = %self.member.topic,
+                ?partitions,
+                "partitions revoked"
+            );
+            self.member.release(consumer, &partitions);
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                tracing::info!(
+                    consumer = %self.member.queue.name,
+                    member = self.member.index,
+                    topic = %self.member.topic,
+                    partitions = ?partitions_of(list),
+                    "partitions assigned"
+                );
+                // A partition paused under a previous assignment must fetch again now.
+                let _ = rdkafka::consumer::Consumer::resume(consumer, list);
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::warn!(
+                consumer = %self.member.queue.name,
+                error = %e,
+                "rebalance failed"
+            ),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::warn!(
+                consumer = %self.member.queue.name,
+                topic = %self.member.topic,
+                partitions = ?partitions_of(offsets),
+                error = %e,
+                "commit failed; the next commit covers it"
+            );
+        }
+    }
+}
+
+fn partitions_of(list: &TopicPartitionList) -> Vec<i32> {
+    list.elements().iter().map(|e| e.partition()).collect()
+}

@@ -1,0 +1,130 @@
+//! The handlers that `#[kq::consumer]` registered, and how a config struct names its blocks.
+
+use std::any::Any;
+use std::collections::BTreeMap;
+
+use crate::conf::{KqConf, PusherConf};
+use crate::handler::{BoxFuture, Handler, HandlerContext, HandlerError};
+use crate::message::Message;
+
+/// The generated entry point of a registered consumer.
+pub type HandlerFn =
+    for<'a> fn(&'a Message, &'a HandlerContext) -> BoxFuture<'a, Result<(), HandlerError>>;
+
+/// One `#[kq::consumer]` function, as submitted to the registry at compile time.
+#[derive(Debug)]
+pub struct ConsumerRegistration {
+    /// The consumer's name (the function's, unless `name = "..."` says otherwise).
+    pub name: &'static str,
+    /// The config key of the `KqConf` it consumes with.
+    pub conf: &'static str,
+    /// Where the function is, for error messages: `module::path`.
+    pub module_path: &'static str,
+    /// Source file of the function.
+    pub file: &'static str,
+    /// Source line of the function.
+    pub line: u32,
+    /// Runs the function for one message.
+    pub handler: HandlerFn,
+    /// Checks the parameters against the service state once, at startup.
+    pub check: fn(&HandlerContext) -> Result<(), String>,
+}
+
+inventory::collect!(ConsumerRegistration);
+
+impl ConsumerRegistration {
+    /// Every consumer registered in this binary, sorted by name.
+    pub fn all() -> Vec<&'static ConsumerRegistration> {
+        let mut all: Vec<_> = inventory::iter::<ConsumerRegistration>().collect();
+        all.sort_by_key(|r| (r.name, r.module_path));
+        all
+    }
+
+    /// The registered consumer with this name.
+    pub fn find(name: &str) -> Option<&'static ConsumerRegistration> {
+        inventory::iter::<ConsumerRegistration>().find(|r| r.name == name)
+    }
+
+    /// Binds the function to the service state, as a [`Handler`].
+    pub fn bind(&'static self, ctx: HandlerContext) -> Result<RegisteredHandler, String> {
+        (self.check)(&ctx).map_err(|e| format!("consumer `{}`: {e}", self.name))?;
+        Ok(RegisteredHandler {
+            registration: self,
+            ctx,
+        })
+    }
+}
+
+/// A registered consumer bound to the service state.
+#[derive(Debug, Clone)]
+pub struct RegisteredHandler {
+    registration: &'static ConsumerRegistration,
+    ctx: HandlerContext,
+}
+
+impl RegisteredHandler {
+    /// The registration it came from.
+    pub fn registration(&self) -> &'static ConsumerRegistration {
+        self.registration
+    }
+}
+
+impl Handler for RegisteredHandler {
+    fn handle<'a>(&'a self, msg: &'a Message) -> BoxFuture<'a, Result<(), HandlerError>> {
+        (self.registration.handler)(msg, &self.ctx)
+    }
+}
+
+/// A config struct whose `KqConf` and `PusherConf` fields the runtime can find by key.
+///
+/// Derive it with `#[derive(kq::KqConfig)]` next to `serde::Deserialize`; the derive knows
+/// each field's serde name (honouring `rename` and `rename_all`) and its Rust name.
+pub trait KqConfig: serde::de::DeserializeOwned + Send + Sync + 'static {
+    /// Every field, by serde name and Rust name.
+    fn kq_fields(&self) -> Vec<ConfigField<'_>>;
+
+    /// The `KqConf` under this key (serde name or Rust field name).
+    fn kq_conf(&self, key: &str) -> Option<&KqConf> {
+        self.find_field(key)?.downcast_ref::<KqConf>()
+    }
+
+    /// The `PusherConf` under this key (serde name or Rust field name).
+    fn pusher_conf(&self, key: &str) -> Option<&PusherConf> {
+        self.find_field(key)?.downcast_ref::<PusherConf>()
+    }
+
+    /// The field under this key, whatever its type.
+    fn find_field(&self, key: &str) -> Option<&dyn Any> {
+        self.kq_fields()
+            .into_iter()
+            .find(|f| f.serde_name == key || f.rust_name == key)
+            .map(|f| f.value)
+    }
+
+    /// Every `KqConf` field, by serde name.
+    fn kq_confs(&self) -> BTreeMap<&'static str, &KqConf> {
+        self.kq_fields()
+            .into_iter()
+            .filter_map(|f| Some((f.serde_name, f.value.downcast_ref::<KqConf>()?)))
+            .collect()
+    }
+}
+
+/// One field of a [`KqConfig`] struct.
+pub struct ConfigField<'a> {
+    /// The key it has in the file.
+    pub serde_name: &'static str,
+    /// Its name in Rust.
+    pub rust_name: &'static str,
+    /// The value.
+    pub value: &'a dyn Any,
+}
+
+impl std::fmt::Debug for ConfigField<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigField")
+            .field("serde_name", &self.serde_name)
+            .field("rust_name", &self.rust_name)
+            .finish()
+    }
+}

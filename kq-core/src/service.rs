@@ -1,0 +1,183 @@
+//! Running queues together until a signal, go-zero's `ServiceGroup`, and the shutdown signal
+//! they share.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+use crate::error::Error;
+use crate::queue::Queue;
+
+/// A one-way switch telling every part of a service to stop. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Shutdown {
+    inner: Arc<ShutdownInner>,
+}
+
+#[derive(Debug, Default)]
+struct ShutdownInner {
+    triggered: AtomicBool,
+    notify: Notify,
+}
+
+impl Shutdown {
+    /// A switch that is not yet triggered.
+    pub fn new() -> Self {
+        Shutdown::default()
+    }
+
+    /// Triggers it; every waiter wakes.
+    pub fn trigger(&self) {
+        self.inner.triggered.store(true, Ordering::SeqCst);
+        self.inner.notify.notify_waiters();
+    }
+
+    /// Whether it was triggered.
+    pub fn is_triggered(&self) -> bool {
+        self.inner.triggered.load(Ordering::SeqCst)
+    }
+
+    /// Waits until it is triggered.
+    pub async fn wait(&self) {
+        loop {
+            // Register interest before checking, so a trigger in between is not missed.
+            let notified = self.inner.notify.notified();
+            if self.is_triggered() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Queues that start together and stop together, as go-zero's `service.ServiceGroup`.
+///
+/// ```no_run
+/// # async fn run(queue: kq::Queue) -> Result<(), kq::Error> {
+/// let mut group = kq::ServiceGroup::new();
+/// group.add(queue);
+/// group.run().await // until SIGINT or SIGTERM, then a graceful stop
+/// # }
+/// ```
+#[derive(Default)]
+pub struct ServiceGroup {
+    queues: Vec<Queue>,
+}
+
+impl std::fmt::Debug for ServiceGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceGroup")
+            .field("queues", &self.queues.len())
+            .finish()
+    }
+}
+
+impl ServiceGroup {
+    /// An empty group.
+    pub fn new() -> Self {
+        ServiceGroup::default()
+    }
+
+    /// Adds a queue.
+    pub fn add(&mut self, queue: Queue) -> &mut Self {
+        self.queues.push(queue);
+        self
+    }
+
+    /// How many queues it holds.
+    pub fn len(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.queues.is_empty()
+    }
+
+    /// Runs every queue until SIGINT or SIGTERM, then stops them gracefully: fetching stops,
+    /// running handlers finish (within each queue's `ShutdownTimeout`), offsets are
+    /// committed and the consumers leave their groups. A second signal exits at once.
+    pub async fn run(self) -> Result<(), Error> {
+        self.run_until(async {
+            termination_signal().await;
+            tracing::info!("signal received, stopping; a second signal exits at once");
+            tokio::spawn(async {
+                termination_signal().await;
+                tracing::warn!("second signal, exiting now");
+                std::process::exit(130);
+            });
+        })
+        .await
+    }
+
+    /// Runs every queue until `stop` completes or a queue fails, then stops them all
+    /// gracefully. Returns the first failure.
+    pub async fn run_until(self, stop: impl Future<Output = ()>) -> Result<(), Error> {
+        if self.queues.is_empty() {
+            // Nothing to consume, but tasks spawned by the service state keep running.
+            stop.await;
+            return Ok(());
+        }
+        let shutdown = Shutdown::new();
+        let mut running = JoinSet::new();
+        for queue in self.queues {
+            let shutdown = shutdown.clone();
+            running.spawn(async move { queue.run(shutdown).await });
+        }
+        let mut first_error = None;
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop, if !shutdown.is_triggered() => shutdown.trigger(),
+                finished = running.join_next() => match finished {
+                    None => break,
+                    Some(result) => {
+                        let result = result.unwrap_or_else(|e| Err(Error::Stopped {
+                            consumer: "queue task".into(),
+                            reason: e.to_string(),
+                        }));
+                        if let Err(e) = result {
+                            tracing::error!(error = %e, "queue failed, stopping the service");
+                            first_error.get_or_insert(e);
+                        }
+                        // One queue ending ends the service: go-zero's group stops together.
+                        shutdown.trigger();
+                    }
+                },
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM (Ctrl-C elsewhere).
+pub async fn termination_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut interrupt), Ok(mut terminate)) => {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

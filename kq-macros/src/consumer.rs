@@ -1,0 +1,260 @@
+//! `#[kq::consumer(conf = "...")]`: keeps the function as it is and registers a handler
+//! beside it.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::ext::IdentExt as _;
+use syn::parse::Parser;
+use syn::spanned::Spanned;
+use syn::{FnArg, ItemFn, LitStr, Path, ReturnType, Type};
+
+use crate::attr::{self, Arg};
+
+const KEYS: &[&str] = &["conf", "name", "crate"];
+
+/// The parsed attribute arguments.
+struct Args {
+    conf: LitStr,
+    name: Option<LitStr>,
+    krate: Path,
+}
+
+/// How one parameter is taken from the message.
+enum Param {
+    /// go-queue's `key: &str`, the first `&str`.
+    Key,
+    /// go-queue's `value: &str`, the second `&str`.
+    Value,
+    /// Anything else, through `FromMessage`.
+    Extract(Type),
+}
+
+pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
+    let function: ItemFn = match syn::parse2(item.clone()) {
+        Ok(function) => function,
+        // Not a function at all: say so on the item, and keep it for later diagnostics.
+        Err(_) => {
+            let error = syn::Error::new_spanned(&item, "#[kq::consumer] goes on an `async fn`");
+            return with_error(item, error);
+        }
+    };
+    let mut errors = Vec::new();
+    let args = parse_args(args).map_err(|e| errors.push(e)).ok();
+    let params = check_function(&function).map_err(|e| errors.push(e)).ok();
+    if let Some(error) = attr::combine(errors) {
+        return with_error(item, error);
+    }
+    match (args, params) {
+        (Some(args), Some(params)) => generate(&function, &args, &params),
+        _ => item,
+    }
+}
+
+fn with_error(item: TokenStream, error: syn::Error) -> TokenStream {
+    let error = error.to_compile_error();
+    quote! { #item #error }
+}
+
+fn parse_args(tokens: TokenStream) -> syn::Result<Args> {
+    let mut conf = Arg::<LitStr>::new("conf");
+    let mut name = Arg::<LitStr>::new("name");
+    let mut krate = Arg::<Path>::new("crate");
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("conf") {
+            let value = attr::string(&meta)?;
+            if value.value().trim().is_empty() {
+                return Err(syn::Error::new(
+                    value.span(),
+                    "`conf` must name a config key",
+                ));
+            }
+            conf.set(&meta, value)
+        } else if meta.path.is_ident("name") {
+            let value = attr::string(&meta)?;
+            if value.value().trim().is_empty() {
+                return Err(syn::Error::new(value.span(), "`name` must not be empty"));
+            }
+            name.set(&meta, value)
+        } else if meta.path.is_ident("crate") {
+            let value = attr::path(&meta)?;
+            krate.set(&meta, value)
+        } else {
+            Err(attr::unknown(&meta, KEYS))
+        }
+    });
+    parser.parse2(tokens)?;
+    let conf = conf.take().ok_or_else(|| {
+        syn::Error::new(
+            Span::call_site(),
+            "missing `conf`: name the config key of the consumer's KqConf, as in #[kq::consumer(conf = \"KqConsumerConf\")]",
+        )
+    })?;
+    Ok(Args {
+        conf,
+        name: name.take(),
+        krate: krate.take().unwrap_or_else(|| syn::parse_quote!(::kq)),
+    })
+}
+
+/// Checks the function's shape and classifies its parameters; all problems at once.
+fn check_function(function: &ItemFn) -> syn::Result<Vec<Param>> {
+    let sig = &function.sig;
+    let mut errors = Vec::new();
+    if sig.asyncness.is_none() {
+        errors.push(syn::Error::new_spanned(
+            sig.fn_token,
+            "a kq consumer must be an `async fn`",
+        ));
+    }
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        errors.push(syn::Error::new_spanned(
+            &sig.generics,
+            "a kq consumer cannot be generic: the runtime calls it with concrete types",
+        ));
+    }
+    if let Some(unsafety) = sig.unsafety {
+        errors.push(syn::Error::new_spanned(
+            unsafety,
+            "a kq consumer cannot be `unsafe`",
+        ));
+    }
+    if let Some(variadic) = &sig.variadic {
+        errors.push(syn::Error::new_spanned(
+            variadic,
+            "a kq consumer cannot be variadic",
+        ));
+    }
+
+    let mut params = Vec::new();
+    let mut strings = Vec::new();
+    for input in &sig.inputs {
+        match input {
+            FnArg::Receiver(receiver) => errors.push(syn::Error::new_spanned(
+                receiver,
+                "a kq consumer is a free function; it cannot take `self`",
+            )),
+            FnArg::Typed(typed) => {
+                if let Type::ImplTrait(_) = &*typed.ty {
+                    errors.push(syn::Error::new_spanned(
+                        &typed.ty,
+                        "a kq consumer cannot take `impl Trait`: name a concrete type",
+                    ));
+                } else if is_str_ref(&typed.ty) {
+                    strings.push(typed.ty.clone());
+                    params.push(if strings.len() == 1 {
+                        Param::Key
+                    } else {
+                        Param::Value
+                    });
+                } else {
+                    params.push(Param::Extract((*typed.ty).clone()));
+                }
+            }
+        }
+    }
+    match strings.len() {
+        0 | 2 => {}
+        1 => errors.push(syn::Error::new_spanned(
+            &strings[0],
+            "a lone `&str` is ambiguous: take `key: &str, value: &str` as go-queue's Consume does, or `&kq::Message`",
+        )),
+        _ => errors.push(syn::Error::new_spanned(
+            &strings[2],
+            "a kq consumer takes at most two `&str` parameters: the key, then the value",
+        )),
+    }
+    match attr::combine(errors) {
+        Some(error) => Err(error),
+        None => Ok(params),
+    }
+}
+
+fn is_str_ref(ty: &Type) -> bool {
+    match ty {
+        Type::Reference(reference) if reference.mutability.is_none() => {
+            matches!(&*reference.elem, Type::Path(p) if p.qself.is_none() && p.path.is_ident("str"))
+        }
+        Type::Group(group) => is_str_ref(&group.elem),
+        Type::Paren(paren) => is_str_ref(&paren.elem),
+        _ => false,
+    }
+}
+
+fn generate(function: &ItemFn, args: &Args, params: &[Param]) -> TokenStream {
+    let krate = &args.krate;
+    let private = quote!(#krate::__private);
+    let ident = &function.sig.ident;
+    let conf = &args.conf;
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| LitStr::new(&ident.unraw().to_string(), ident.span()));
+
+    let bindings: Vec<_> = (0..params.len())
+        .map(|i| format_ident!("__kq_arg{i}"))
+        .collect();
+    let extract = params.iter().zip(&bindings).map(|(param, binding)| match param {
+        Param::Key => quote! { let #binding = #private::key_str(__kq_msg)?; },
+        Param::Value => quote! { let #binding = #private::value_str(__kq_msg)?; },
+        Param::Extract(ty) => quote_spanned! {ty.span()=>
+            let #binding = <#ty as #private::FromMessage<'__kq>>::from_message(__kq_msg, __kq_ctx)?;
+        },
+    });
+    let checks = params.iter().filter_map(|param| match param {
+        Param::Extract(ty) => Some(quote_spanned! {ty.span()=>
+            <#ty as #private::FromMessage<'_>>::check(__kq_ctx)?;
+        }),
+        _ => None,
+    });
+    let output_span = match &function.sig.output {
+        ReturnType::Default => ident.span(),
+        ReturnType::Type(_, ty) => ty.span(),
+    };
+    let result = quote_spanned! {output_span=>
+        #private::IntoHandlerResult::into_handler_result(__kq_output)
+    };
+    // Spanned on the function's name so that a handler whose future is not `Send` gets one
+    // error there, with the compiler's note on the value held across an `.await`.
+    let boxed = quote_spanned! {ident.span()=>
+        #private::boxed_handler_future
+    };
+
+    quote! {
+        #function
+
+        const _: () = {
+            fn __kq_handler<'__kq>(
+                __kq_msg: &'__kq #private::Message,
+                __kq_ctx: &'__kq #private::HandlerContext,
+            ) -> #private::BoxFuture<
+                '__kq,
+                ::core::result::Result<(), #private::HandlerError>,
+            > {
+                #boxed(async move {
+                    #(#extract)*
+                    let __kq_output = #ident(#(#bindings),*).await;
+                    #result
+                })
+            }
+
+            fn __kq_check(
+                __kq_ctx: &#private::HandlerContext,
+            ) -> ::core::result::Result<(), ::std::string::String> {
+                #(#checks)*
+                ::core::result::Result::Ok(())
+            }
+
+            #private::inventory::submit! {
+                #private::ConsumerRegistration {
+                    name: #name,
+                    conf: #conf,
+                    module_path: ::core::module_path!(),
+                    file: ::core::file!(),
+                    line: ::core::line!(),
+                    handler: __kq_handler,
+                    check: __kq_check,
+                }
+            }
+        };
+    }
+}

@@ -1,0 +1,192 @@
+//! # kq
+//!
+//! Kafka consumers for Rust services, declared with attributes: the Rust port of go-queue's
+//! `kq`, the Kafka queue of the go-zero ecosystem, with at-least-once delivery that never
+//! commits past an unfinished message, per-key order under concurrency, retries and a
+//! dead-letter topic.
+//!
+//! A service is a config struct, handlers, and `kq::main!`:
+//!
+//! ```no_run
+//! // The config file, etc/mq.yaml, as a go-zero service has it:
+//! //
+//! //   Name: mq
+//! //   KqConsumerConf:
+//! //     Name: kqConsumer
+//! //     Brokers: [127.0.0.1:9092]
+//! //     Group: kqConsumer
+//! //     Topic: payment-success
+//! //     Offset: first
+//!
+//! #[derive(serde::Deserialize, kq::KqConfig)]
+//! #[serde(rename_all = "PascalCase")]
+//! struct Config {
+//!     name: String,
+//!     kq_consumer_conf: kq::KqConf,
+//! }
+//!
+//! #[kq::consumer(conf = "KqConsumerConf")]
+//! async fn payment_success(key: &str, value: &str) -> Result<(), std::io::Error> {
+//!     println!("PaymentSuccess key: {key}, value: {value}");
+//!     Ok(())
+//! }
+//!
+//! kq::main!(Config);
+//! ```
+//!
+//! Run it with `-f etc/mq.yaml` (the default). `Brokers: [embedded]` runs an in-process broker
+//! instead of a cluster, for trying things out and for tests.
+//!
+//! The guide is in the repository's `docs/`: configuration reference, semantics, the pusher,
+//! migration from go-queue, benchmarks.
+
+#![warn(missing_docs)]
+
+pub use kq_core::{app::registered_queues, load_config, spawn};
+pub use kq_core::{
+    conf, dead_letter_headers, Assignor, BoxFuture, Compression, ConfigField, ConsumerRegistration,
+    Delivery, DeliveryFailure, EmbeddedBroker, Error, ErrorHandler, FromMessage, Handler,
+    HandlerContext, HandlerError, HandlerErrorKind, Headers, IntoHandlerResult, Json, KqConf,
+    KqConfig, LoadError, Message, Metrics, Offset, Ordering, Outcome, PushError, Pusher,
+    PusherConf, Queue, RegisteredHandler, RetryConf, ServiceGroup, Shutdown, State,
+};
+
+/// Registers an `async fn` as the handler of a consumer queue.
+///
+/// `conf` names the config key of the queue's [`KqConf`]: the serde name of a field of the
+/// `#[derive(KqConfig)]` struct (`KqConsumerConf`) or its Rust name (`kq_consumer_conf`).
+/// `kq::main!` starts one queue per registered consumer. The function stays an ordinary
+/// function that tests can call.
+///
+/// Parameters, in any order:
+/// - `key: &str, value: &str`: go-queue's `Consume(key, value)` pair (the first `&str` is
+///   the key, the second the value; a missing key or value reads as `""`);
+/// - `&kq::Message`: the whole record: headers, topic, partition, offset, timestamp, bytes;
+/// - `kq::State<S>`: the service state built by `kq::main!`;
+/// - `kq::Json<T>`: the value decoded from JSON into any `T: Deserialize`.
+///
+/// A parameter that cannot be taken (invalid UTF-8, undecodable JSON) is a decode error for
+/// the error policy; it never crashes a worker. The return type is `()` or
+/// `Result<(), E>` for any `E: Display`, so `anyhow::Result<()>` works.
+///
+/// Arguments: `conf = "Key"` (required), `name = "..."` (the consumer's name in logs and
+/// metrics; the function's name by default), `crate = "path"` (when `kq` is renamed).
+///
+/// ```
+/// #[derive(serde::Deserialize)]
+/// struct Payment {
+///     order: String,
+/// }
+///
+/// #[kq::consumer(conf = "KqConsumerConf")]
+/// async fn payment_success(msg: &kq::Message, kq::Json(payment): kq::Json<Payment>) {
+///     println!("{} at offset {}", payment.order, msg.offset());
+/// }
+/// ```
+///
+/// What it expands to, roughly:
+///
+/// ```ignore
+/// async fn payment_success(key: &str, value: &str) -> anyhow::Result<()> { /* as written */ }
+///
+/// const _: () = {
+///     fn __kq_handler<'a>(msg: &'a Message, ctx: &'a HandlerContext) -> BoxFuture<'a, Result<(), HandlerError>> {
+///         Box::pin(async move {
+///             let key = key_str(msg)?;
+///             let value = value_str(msg)?;
+///             payment_success(key, value).await.into_handler_result()
+///         })
+///     }
+///     inventory::submit! {
+///         ConsumerRegistration { name: "payment_success", conf: "KqConsumerConf", handler: __kq_handler, /* ... */ }
+///     }
+/// };
+/// ```
+///
+/// A function that is not `async`, is generic, takes `self`, or names no `conf` does not
+/// compile:
+///
+/// ```compile_fail
+/// #[kq::consumer(conf = "KqConsumerConf")]
+/// fn not_async(key: &str, value: &str) {}
+/// ```
+pub use kq_macros::consumer;
+
+/// Lets the runtime find the [`KqConf`] and [`PusherConf`] fields of the service's config
+/// struct by key.
+///
+/// Derive it next to `serde::Deserialize` on a struct with named fields. A field is found by
+/// its key in the file, honouring `#[serde(rename = "...")]` and
+/// `#[serde(rename_all = "...")]`, or by its Rust name. Any other fields are the
+/// application's own. `#[kq(crate = "path")]` names a renamed `kq` dependency.
+///
+/// ```
+/// #[derive(serde::Deserialize, kq::KqConfig)]
+/// #[serde(rename_all = "PascalCase")]
+/// struct Config {
+///     name: String,
+///     kq_pusher_conf: kq::PusherConf,
+///     kq_consumer_conf: kq::KqConf,
+/// }
+/// # use kq::KqConfig as _;
+/// # let config: Config = serde_json::from_str(r#"{"Name": "mq",
+/// #   "KqPusherConf": {"Brokers": ["embedded"], "Topic": "t"},
+/// #   "KqConsumerConf": {"Brokers": ["embedded"], "Group": "g", "Topic": "t"}}"#).unwrap();
+/// assert!(config.kq_conf("KqConsumerConf").is_some());
+/// assert!(config.kq_conf("kq_consumer_conf").is_some());
+/// assert!(config.pusher_conf("KqPusherConf").is_some());
+/// ```
+pub use kq_macros::KqConfig;
+
+/// Generates `fn main` for a kq service.
+///
+/// `kq::main!(Config)` or `kq::main!(Config, ServiceContext::new)`, where `Config` derives
+/// `Deserialize` and [`KqConfig`], and the second argument is a `fn(&Config) -> S` or a
+/// `fn(&Config) -> Result<S, E>` (`E: Display`) building the state that handlers read
+/// through [`State<S>`]. It runs inside the Tokio runtime, so it may spawn tasks.
+///
+/// The generated `main`:
+/// 1. parses `-f <file>` (default `etc/mq.yaml`, as go-zero services have it);
+/// 2. loads the file (YAML, or JSON/TOML by extension) and validates every `KqConf` block;
+/// 3. builds the state and starts every registered [`consumer`];
+/// 4. runs until SIGINT or SIGTERM, then stops gracefully (a second signal exits at once).
+///
+/// A missing or malformed file, a wrong type or value, or a consumer naming a conf that the
+/// config lacks: one line naming the file and the key on stderr, exit code 2. A failure
+/// while running: exit code 1. A graceful stop: exit code 0.
+///
+/// What it expands to:
+///
+/// ```ignore
+/// fn main() -> std::process::ExitCode {
+///     kq::__private::run_main::<Config, _>(|config| Ok(ServiceContext::new(config)))
+/// }
+/// ```
+#[macro_export]
+macro_rules! main {
+    ($config:ty $(,)?) => {
+        $crate::main!($config, |_: &$config| ());
+    };
+    ($config:ty, $state:expr $(,)?) => {
+        fn main() -> ::std::process::ExitCode {
+            $crate::__private::run_main::<$config, _>(|config: &$config| {
+                #[allow(unused_imports)]
+                use $crate::__private::state_kind::{PlainState as _, ResultState as _};
+                let state = ($state)(config);
+                (&&state).kq_state_kind().into_state(state)
+            })
+        }
+    };
+}
+
+/// The paths generated code uses, in one place. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use kq_core::__private::{inventory, DeserializeOwned};
+    pub use kq_core::app::{run_main, state_kind};
+    pub use kq_core::handler::generated::{boxed_handler_future, key_str, value_str};
+    pub use kq_core::{
+        BoxFuture, ConfigField, ConsumerRegistration, FromMessage, HandlerContext, HandlerError,
+        IntoHandlerResult, KqConfig, Message,
+    };
+}
