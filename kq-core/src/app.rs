@@ -69,7 +69,9 @@ where
     S: Send + Sync + 'static,
 {
     let config: C = load_config(file).map_err(Failure::config)?;
-    check_config(&config, file).map_err(Failure::config)?;
+    config
+        .check()
+        .map_err(|problems| Failure::config(LoadError::new(file, problems.join("; "))))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -132,28 +134,6 @@ fn init_tracing() {
         .with(tracing_subscriber::fmt::layer())
         .with(filter)
         .try_init();
-}
-
-/// Validates every `KqConf` block of the config; errors name `Block.Key` and the file.
-pub fn check_config<C: KqConfig>(config: &C, file: &Path) -> Result<(), LoadError> {
-    let mut problems = Vec::new();
-    for (key, conf) in config.kq_confs() {
-        if let Err(e) = conf.validate() {
-            problems.push(format!("`{key}.{}` {}", e.key, e.reason));
-        }
-    }
-    for field in config.kq_fields() {
-        if let Some(conf) = field.value.downcast_ref::<crate::conf::PusherConf>() {
-            if let Err(e) = conf.validate() {
-                problems.push(format!("`{}.{}` {}", field.serde_name, e.key, e.reason));
-            }
-        }
-    }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(LoadError::new(file, problems.join("; ")))
-    }
 }
 
 /// A queue for every registered consumer, bound to `context`. Every problem is reported,

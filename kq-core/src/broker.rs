@@ -130,7 +130,7 @@ impl EmbeddedBroker {
                             partitions,
                             done,
                         } => {
-                            let result = create_topic(&cluster, &topic, partitions);
+                            let result = create_mock_topic(&cluster, &topic, partitions);
                             let _ = done.send(result);
                         }
                         Command::SetUp { up, done } => {
@@ -190,7 +190,7 @@ impl EmbeddedBroker {
     }
 }
 
-fn create_topic(
+fn create_mock_topic(
     cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     topic: &str,
     partitions: i32,
@@ -202,4 +202,37 @@ fn create_topic(
         )) => Ok(()),
         Err(e) => Err(format!("cannot create topic `{topic}`: {e}")),
     }
+}
+
+/// Creates a topic with `partitions` partitions, unless it exists: on the embedded broker for
+/// `[embedded]`, otherwise through the cluster's admin API (replication factor 1).
+pub async fn create_topic(brokers: &[String], topic: &str, partitions: i32) -> Result<(), Error> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::types::RDKafkaErrorCode;
+
+    if is_embedded(brokers) {
+        return EmbeddedBroker::get()?.create_topic(topic, partitions);
+    }
+    let connection = Connection {
+        name: "",
+        brokers,
+        ca_file: "",
+        username: "",
+        password: "",
+    };
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        connection.client_config()?.create()?;
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10))),
+        )
+        .await?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => return Err(rdkafka::error::KafkaError::AdminOp(code).into()),
+        }
+    }
+    Ok(())
 }

@@ -14,8 +14,7 @@ use serde::Deserialize;
 /// Where a consumer group with no committed offset (or an out-of-range one) starts reading.
 ///
 /// YAML accepts exactly `first` or `last`, as go-queue does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Offset {
     /// The oldest retained message (`auto.offset.reset=earliest`).
     First,
@@ -35,8 +34,7 @@ impl Offset {
 }
 
 /// How a consumer's messages are spread over its processors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Ordering {
     /// Messages with the same key run one after another in offset order; messages without a
     /// key keep their partition's order. Different keys run concurrently.
@@ -49,30 +47,59 @@ pub enum Ordering {
 }
 
 /// The partition assignment strategy of a consumer group (`partition.assignment.strategy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Assignor {
     /// Incremental rebalancing: only the partitions that move are revoked.
     #[default]
-    #[serde(rename = "cooperative-sticky")]
     CooperativeSticky,
     /// Eager rebalancing, ranges of partitions per member.
-    #[serde(rename = "range")]
     Range,
     /// Eager rebalancing, partitions dealt round-robin.
-    #[serde(rename = "roundrobin")]
     RoundRobin,
 }
 
-impl Assignor {
-    /// The matching value of librdkafka's `partition.assignment.strategy`.
-    pub fn strategy(self) -> &'static str {
-        match self {
-            Assignor::CooperativeSticky => "cooperative-sticky",
-            Assignor::Range => "range",
-            Assignor::RoundRobin => "roundrobin",
+/// Implements `Deserialize` for a unit-variant enum from its keywords, with an error that
+/// lists every accepted keyword (the config crate's own enum error does not).
+macro_rules! keyword_enum {
+    ($name:ident { $($variant:ident => $keyword:literal),+ $(,)? }) => {
+        impl $name {
+            /// The keyword that selects this value in a config file.
+            pub fn keyword(self) -> &'static str {
+                match self {
+                    $($name::$variant => $keyword),+
+                }
+            }
         }
-    }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(deserializer)?;
+                match text.as_str() {
+                    $($keyword => Ok($name::$variant),)+
+                    _ => Err(de::Error::custom(format!(
+                        "`{text}` is not one of {}",
+                        [$(concat!("`", $keyword, "`")),+].join(", ")
+                    ))),
+                }
+            }
+        }
+    };
 }
+
+keyword_enum!(Offset { First => "first", Last => "last" });
+keyword_enum!(Ordering { Key => "key", Partition => "partition", None => "none" });
+keyword_enum!(Assignor {
+    CooperativeSticky => "cooperative-sticky",
+    Range => "range",
+    RoundRobin => "roundrobin",
+});
+keyword_enum!(Compression {
+    None => "none",
+    Gzip => "gzip",
+    Snappy => "snappy",
+    Lz4 => "lz4",
+    Zstd => "zstd",
+});
 
 /// The error policy: how often a failing message is tried again, and where it goes after that.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -185,6 +212,10 @@ pub struct KqConf {
     /// How partitions are shared among the group's members.
     #[serde(default)]
     pub assignor: Assignor,
+    /// How long the group waits for a silent member before moving its partitions
+    /// (`session.timeout.ms`).
+    #[serde(default = "defaults::session_timeout", with = "duration")]
+    pub session_timeout: Duration,
 }
 
 impl KqConf {
@@ -218,6 +249,7 @@ impl KqConf {
             dead_letter_topic: String::new(),
             shutdown_timeout: defaults::shutdown_timeout(),
             assignor: Assignor::default(),
+            session_timeout: defaults::session_timeout(),
         }
     }
 
@@ -281,13 +313,13 @@ impl fmt::Debug for KqConf {
             .field("dead_letter_topic", &self.dead_letter_topic)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("assignor", &self.assignor)
+            .field("session_timeout", &self.session_timeout)
             .finish()
     }
 }
 
 /// Compression codec of a pusher (`compression.codec`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compression {
     /// No compression.
     None,
@@ -300,19 +332,6 @@ pub enum Compression {
     Lz4,
     /// zstd.
     Zstd,
-}
-
-impl Compression {
-    /// The matching value of librdkafka's `compression.codec`.
-    pub fn codec(self) -> &'static str {
-        match self {
-            Compression::None => "none",
-            Compression::Gzip => "gzip",
-            Compression::Snappy => "snappy",
-            Compression::Lz4 => "lz4",
-            Compression::Zstd => "zstd",
-        }
-    }
 }
 
 /// A pusher's configuration: go-zero's `KqPusherConf` block (`Brokers`, `Topic`) plus the
@@ -507,6 +526,10 @@ mod defaults {
     pub fn shutdown_timeout() -> Duration {
         // go-zero's default for a service group's graceful stop.
         Duration::from_millis(5500)
+    }
+    pub fn session_timeout() -> Duration {
+        // librdkafka's and Kafka's default.
+        Duration::from_secs(45)
     }
     pub fn chunk_size() -> usize {
         // go-queue's default chunk: 1 MiB.

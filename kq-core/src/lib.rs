@@ -18,7 +18,7 @@ pub mod queue;
 pub mod registry;
 pub mod service;
 
-pub use broker::EmbeddedBroker;
+pub use broker::{create_topic, EmbeddedBroker};
 pub use conf::{Assignor, Compression, KqConf, Offset, Ordering, PusherConf, RetryConf};
 pub use error::Error;
 pub use handler::{

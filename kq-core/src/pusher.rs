@@ -227,7 +227,7 @@ impl Pusher {
                 conf.chunk_size.min(i32::MAX as usize).to_string(),
             )
             .set("linger.ms", millis(conf.flush_interval).to_string())
-            .set("compression.codec", conf.compression.codec())
+            .set("compression.codec", conf.compression.keyword())
             .set(
                 "message.timeout.ms",
                 millis(conf.message_timeout).max(1).to_string(),

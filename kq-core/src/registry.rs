@@ -101,6 +101,29 @@ pub trait KqConfig: serde::de::DeserializeOwned + Send + Sync + 'static {
             .map(|f| f.value)
     }
 
+    /// Checks every `KqConf` and `PusherConf` block for values that deserialize but cannot
+    /// work; each problem names `Block.Key`.
+    fn check(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        for field in self.kq_fields() {
+            let invalid = if let Some(conf) = field.value.downcast_ref::<KqConf>() {
+                conf.validate().err()
+            } else if let Some(conf) = field.value.downcast_ref::<PusherConf>() {
+                conf.validate().err()
+            } else {
+                None
+            };
+            if let Some(e) = invalid {
+                problems.push(format!("`{}.{}` {}", field.serde_name, e.key, e.reason));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
     /// Every `KqConf` field, by serde name.
     fn kq_confs(&self) -> BTreeMap<&'static str, &KqConf> {
         self.kq_fields()

@@ -114,10 +114,14 @@ fn consumer_config(conf: &KqConf) -> Result<ClientConfig, Error> {
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
         .set("auto.offset.reset", conf.offset.auto_offset_reset())
-        .set("partition.assignment.strategy", conf.assignor.strategy())
+        .set("partition.assignment.strategy", conf.assignor.keyword())
         .set("fetch.min.bytes", conf.min_bytes.to_string())
         .set("fetch.max.bytes", conf.max_bytes.to_string())
-        .set("fetch.wait.max.ms", conf.max_wait.as_millis().to_string());
+        .set("fetch.wait.max.ms", conf.max_wait.as_millis().to_string())
+        .set(
+            "session.timeout.ms",
+            conf.session_timeout.as_millis().to_string(),
+        );
     // librdkafka refuses a fetch.max.bytes below its message.max.bytes (1000000 by default);
     // a smaller MaxBytes lowers both, as kafka-go's MaxBytes bounds the message size too.
     if conf.max_bytes < 1_000_000 {
@@ -283,6 +287,6 @@ impl FetchLoop {
         // Releasing everything also leaves nothing for the rebalance callback that closing
         // the consumer triggers.
         self.member.release(&self.consumer, &owned);
-        self.consumer.unsubscribe();
+        // self.consumer.unsubscribe();
     }
 }

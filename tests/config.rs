@@ -1,0 +1,315 @@
+//! Loading config files: go-queue's YAML unchanged, its defaults, JSON and TOML, and a clear
+//! error naming the file and the key for every kind of bad input.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kq::{KqConf, KqConfig as _, Offset, PusherConf};
+
+#[derive(Debug, serde::Deserialize, kq::KqConfig)]
+#[serde(rename_all = "PascalCase")]
+struct Config {
+    name: String,
+    host: String,
+    port: u16,
+    kq_pusher_conf: PusherConf,
+    kq_consumer_conf: KqConf,
+}
+
+/// The seed's `etc/mq.yaml`, as a go-zero service has it.
+const SEED: &str = "\
+Name: mq
+Host: 0.0.0.0
+Port: 8888
+
+KqPusherConf:
+  Brokers:
+    - 127.0.0.1:9092
+  Topic: payment-success
+
+#kq
+KqConsumerConf:
+  Name: kqConsumer
+  Brokers:
+    - 127.0.1:9092
+  Group: kqConsumer
+  Topic: payment-success
+  Offset: first
+  Consumers: 8
+  Processors: 8
+";
+
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(name: &str, text: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("kq-config-test-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        TempFile(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn load(name: &str, text: &str) -> Result<Config, String> {
+    let file = TempFile::new(name, text);
+    let config: Config = kq::load_config(&file.0).map_err(|e| e.to_string())?;
+    config
+        .check()
+        .map_err(|problems| format!("{}: {}", file.0.display(), problems.join("; ")))?;
+    Ok(config)
+}
+
+fn load_err(name: &str, text: &str) -> String {
+    match load(name, text) {
+        Ok(config) => panic!("{name} loaded: {config:?}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn the_seed_yaml_loads_unchanged_with_go_queue_defaults() {
+    let config = load("mq.yaml", SEED).unwrap();
+    assert_eq!(
+        (config.name.as_str(), config.host.as_str(), config.port),
+        ("mq", "0.0.0.0", 8888)
+    );
+    assert_eq!(config.kq_pusher_conf.brokers, ["127.0.0.1:9092"]);
+    assert_eq!(config.kq_pusher_conf.topic, "payment-success");
+
+    let c = &config.kq_consumer_conf;
+    assert_eq!(c.name, "kqConsumer");
+    assert_eq!(c.group, "kqConsumer");
+    assert_eq!(c.offset, Offset::First);
+    assert_eq!((c.conns, c.consumers, c.processors), (1, 8, 8));
+    assert_eq!((c.min_bytes, c.max_bytes), (10_240, 10_485_760));
+    assert!(c.force_commit);
+    assert!(!c.commit_in_order);
+    assert_eq!(c.commit_interval, Duration::from_secs(1));
+    assert_eq!(c.queue_capacity, 1000);
+    assert_eq!(c.max_wait, Duration::from_secs(1));
+    assert_eq!(c.shutdown_timeout, Duration::from_millis(5500));
+    assert!(c.username.is_empty() && c.password.is_empty() && c.ca_file.is_empty());
+}
+
+#[test]
+fn offset_defaults_to_last() {
+    let yaml = SEED.replace("  Offset: first\n", "");
+    assert_eq!(
+        load("mq.yaml", &yaml).unwrap().kq_consumer_conf.offset,
+        Offset::Last
+    );
+}
+
+#[test]
+fn every_go_queue_key_is_read() {
+    let yaml = "\
+Name: mq
+Host: h
+Port: 1
+KqPusherConf: {Brokers: [b:1], Topic: t, ChunkSize: 2048, FlushInterval: 250ms, SyncPush: true}
+KqConsumerConf:
+  Brokers: [b:1, b:2]
+  Group: g
+  Topic: t
+  CaFile: /etc/ca.pem
+  Offset: last
+  Conns: 3
+  Consumers: 2
+  Processors: 16
+  MinBytes: 1
+  MaxBytes: 2000000
+  Username: u
+  Password: secret
+  ForceCommit: false
+  CommitInOrder: true
+  CommitInterval: 500ms
+  QueueCapacity: 64
+  MaxWait: 1m30s
+";
+    let config = load("mq.yml", yaml).unwrap();
+    let c = &config.kq_consumer_conf;
+    assert_eq!(c.brokers, ["b:1", "b:2"]);
+    assert_eq!(c.ca_file, "/etc/ca.pem");
+    assert_eq!((c.conns, c.consumers, c.processors), (3, 2, 16));
+    assert_eq!((c.min_bytes, c.max_bytes), (1, 2_000_000));
+    assert_eq!((c.username.as_str(), c.password.as_str()), ("u", "secret"));
+    assert!(!c.force_commit);
+    assert!(c.commit_in_order);
+    assert_eq!(c.effective_ordering(), kq::Ordering::Partition);
+    assert_eq!(c.commit_interval, Duration::from_millis(500));
+    assert_eq!(c.queue_capacity, 64);
+    assert_eq!(c.max_wait, Duration::from_secs(90));
+    let p = &config.kq_pusher_conf;
+    assert_eq!(p.chunk_size, 2048);
+    assert_eq!(p.flush_interval, Duration::from_millis(250));
+    assert!(p.sync_push);
+}
+
+#[test]
+fn the_password_stays_out_of_debug_output() {
+    let yaml = SEED.replace(
+        "  Offset: first\n",
+        "  Offset: first\n  Username: u\n  Password: hunter2\n",
+    );
+    let config = load("mq.yaml", &yaml).unwrap();
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("hunter2"), "{debug}");
+    assert!(debug.contains("<redacted>"), "{debug}");
+}
+
+#[test]
+fn json_and_toml_load_by_extension() {
+    let json = r#"{"Name": "mq", "Host": "h", "Port": 1,
+        "KqPusherConf": {"Brokers": ["b:1"], "Topic": "t"},
+        "KqConsumerConf": {"Brokers": ["b:1"], "Group": "g", "Topic": "t", "Processors": 3}}"#;
+    assert_eq!(
+        load("mq.json", json).unwrap().kq_consumer_conf.processors,
+        3
+    );
+
+    let toml = r#"
+Name = "mq"
+Host = "h"
+Port = 1
+[KqPusherConf]
+Brokers = ["b:1"]
+Topic = "t"
+[KqConsumerConf]
+Brokers = ["b:1"]
+Group = "g"
+Topic = "t"
+CommitInterval = "2s"
+"#;
+    let config = load("mq.toml", toml).unwrap();
+    assert_eq!(
+        config.kq_consumer_conf.commit_interval,
+        Duration::from_secs(2)
+    );
+}
+
+#[test]
+fn a_missing_file_is_named() {
+    let e = kq::load_config::<Config>("/nonexistent/etc/mq.yaml").unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.starts_with("/nonexistent/etc/mq.yaml: cannot read"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_unknown_extension_is_refused() {
+    let e = load_err("mq.ini", SEED);
+    assert!(
+        e.contains("mq.ini") && e.contains("unsupported config format `.ini`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn malformed_yaml_names_the_file() {
+    let e = load_err("mq.yaml", "Name: mq\nKqConsumerConf: [unclosed\n");
+    assert!(e.contains("mq.yaml: cannot parse"), "{e}");
+}
+
+#[test]
+fn a_wrong_type_names_the_key() {
+    let e = load_err(
+        "mq.yaml",
+        &SEED.replace("Processors: 8", "Processors: many"),
+    );
+    assert!(
+        e.contains("mq.yaml") && e.contains("KqConsumerConf.Processors"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_missing_required_key_is_named() {
+    let e = load_err("mq.yaml", &SEED.replace("  Group: kqConsumer\n", ""));
+    assert!(e.contains("mq.yaml") && e.contains("Group"), "{e}");
+}
+
+#[test]
+fn offset_accepts_only_first_or_last() {
+    let e = load_err("mq.yaml", &SEED.replace("Offset: first", "Offset: middle"));
+    assert!(
+        e.contains("mq.yaml") && e.contains("KqConsumerConf.Offset"),
+        "{e}"
+    );
+    assert!(e.contains("first") && e.contains("last"), "{e}");
+}
+
+#[test]
+fn a_bad_duration_names_the_key_and_the_form() {
+    let yaml = SEED.replace(
+        "  Offset: first\n",
+        "  Offset: first\n  CommitInterval: soon\n",
+    );
+    let e = load_err("mq.yaml", &yaml);
+    assert!(
+        e.contains("mq.yaml") && e.contains("KqConsumerConf.CommitInterval"),
+        "{e}"
+    );
+    assert!(e.contains("500ms"), "{e}");
+}
+
+#[test]
+fn impossible_values_name_the_key() {
+    let e = load_err("mq.yaml", &SEED.replace("Processors: 8", "Processors: 0"));
+    assert!(
+        e.contains("mq.yaml") && e.contains("`KqConsumerConf.Processors` must be at least 1"),
+        "{e}"
+    );
+
+    let e = load_err(
+        "mq.yaml",
+        &SEED.replace("  Topic: payment-success\n", "  Topic: \"\"\n"),
+    );
+    assert!(e.contains("`KqPusherConf.Topic` must not be empty"), "{e}");
+}
+
+#[test]
+fn fields_are_found_by_serde_name_and_rust_name() {
+    let config = load("mq.yaml", SEED).unwrap();
+    assert!(config.kq_conf("KqConsumerConf").is_some());
+    assert!(config.kq_conf("kq_consumer_conf").is_some());
+    assert!(
+        config.kq_conf("KqPusherConf").is_none(),
+        "a PusherConf is not a KqConf"
+    );
+    assert!(config.pusher_conf("KqPusherConf").is_some());
+    assert!(config.kq_conf("Name").is_none());
+    assert!(config.kq_conf("Missing").is_none());
+}
+
+#[test]
+fn serde_renames_are_honoured() {
+    #[derive(serde::Deserialize, kq::KqConfig)]
+    #[serde(rename_all = "camelCase")]
+    struct Renamed {
+        orders_conf: KqConf,
+        #[serde(rename = "Payments")]
+        payments_conf: KqConf,
+    }
+    let json = r#"{"ordersConf": {"Brokers": ["b:1"], "Group": "g", "Topic": "orders"},
+                   "Payments": {"Brokers": ["b:1"], "Group": "g", "Topic": "payments"}}"#;
+    let file = TempFile::new("renamed.json", json);
+    let config: Renamed = kq::load_config(&file.0).unwrap();
+    assert_eq!(config.kq_conf("ordersConf").unwrap().topic, "orders");
+    assert_eq!(config.kq_conf("orders_conf").unwrap().topic, "orders");
+    assert_eq!(config.kq_conf("Payments").unwrap().topic, "payments");
+    assert!(config.kq_conf("paymentsConf").is_none());
+    assert_eq!(config.kq_confs().len(), 2);
+}

@@ -1,0 +1,464 @@
+//! Registered consumers against a broker, through the public API: every pushed message is
+//! handled, per-key order holds, the error policy retries and commits, a panic or an
+//! undecodable payload does not kill a worker, and shutdown commits what was handled.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{consumer_conf, create_topic, eventually, pusher_conf, unique};
+use kq::{ConsumerRegistration, HandlerContext, KqConf, Pusher, Queue, Shutdown};
+use tokio::task::JoinHandle;
+
+/// What handlers saw, for the test to check.
+#[derive(Default)]
+struct Seen {
+    records: Mutex<Vec<Record>>,
+    attempts: Mutex<HashMap<String, usize>>,
+    failures: Mutex<Vec<(i64, String)>>,
+}
+
+#[derive(Debug, Clone)]
+struct Record {
+    key: String,
+    value: String,
+    partition: i32,
+    offset: i64,
+}
+
+impl Seen {
+    fn count(&self) -> usize {
+        self.records.lock().unwrap().len()
+    }
+
+    fn values(&self) -> Vec<String> {
+        self.records
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.value.clone())
+            .collect()
+    }
+
+    fn attempt(&self, value: &str) -> usize {
+        let mut attempts = self.attempts.lock().unwrap();
+        let n = attempts.entry(value.to_owned()).or_default();
+        *n += 1;
+        *n
+    }
+}
+
+/// A running queue of a registered consumer.
+struct Running {
+    shutdown: Shutdown,
+    task: JoinHandle<Result<(), kq::Error>>,
+}
+
+impl Running {
+    fn start(consumer: &str, conf: KqConf, seen: &Arc<Seen>) -> Running {
+        Running::start_queue(consumer, conf, seen, |q| q)
+    }
+
+    fn start_queue(
+        consumer: &str,
+        conf: KqConf,
+        seen: &Arc<Seen>,
+        configure: impl FnOnce(Queue) -> Queue,
+    ) -> Running {
+        let handler = ConsumerRegistration::find(consumer)
+            .expect("registered")
+            .bind(HandlerContext::new(seen.clone()))
+            .expect("state matches");
+        let shutdown = Shutdown::new();
+        let queue = configure(Queue::new(consumer, conf, handler));
+        let task = tokio::spawn(queue.run(shutdown.clone()));
+        Running { shutdown, task }
+    }
+
+    async fn stop(self) {
+        self.shutdown.trigger();
+        self.task
+            .await
+            .expect("queue task")
+            .expect("queue ran cleanly");
+    }
+}
+
+async fn pusher(topic: &str) -> Pusher {
+    Pusher::from_conf(&pusher_conf(topic)).expect("pusher")
+}
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[kq::consumer(conf = "Orders")]
+async fn record_order(seen: kq::State<Seen>, key: &str, value: &str, msg: &kq::Message) {
+    // Uneven handler times make completions finish out of order across lanes.
+    let jitter = msg.offset() as u64 % 3;
+    tokio::time::sleep(Duration::from_millis(jitter)).await;
+    seen.records.lock().unwrap().push(Record {
+        key: key.to_owned(),
+        value: value.to_owned(),
+        partition: msg.partition(),
+        offset: msg.offset(),
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_keyed_message_is_handled_once_in_key_order() {
+    let topic = unique("orders");
+    create_topic(&topic, 4).await;
+    let pusher = pusher(&topic).await;
+    const KEYS: usize = 10;
+    const PER_KEY: usize = 30;
+    for seq in 0..PER_KEY {
+        for k in 0..KEYS {
+            pusher
+                .kpush(format!("key-{k}"), format!("{k}:{seq}"))
+                .await
+                .expect("push");
+        }
+    }
+
+    let seen = Arc::new(Seen::default());
+    let running = Running::start("record_order", consumer_conf(&topic), &seen);
+    assert!(
+        eventually(WAIT, || seen.count() >= KEYS * PER_KEY).await,
+        "handled {} of {}",
+        seen.count(),
+        KEYS * PER_KEY
+    );
+    // Give a stray duplicate the chance to show up before counting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    running.stop().await;
+
+    let records = seen.records.lock().unwrap().clone();
+    assert_eq!(records.len(), KEYS * PER_KEY, "each message exactly once");
+    let mut by_key: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for r in &records {
+        let (k, seq) = r.value.split_once(':').unwrap();
+        assert_eq!(r.key, format!("key-{k}"));
+        by_key
+            .entry(r.key.clone())
+            .or_default()
+            .push(seq.parse().unwrap());
+    }
+    for (key, seqs) in by_key {
+        assert_eq!(seqs, (0..PER_KEY).collect::<Vec<_>>(), "order of {key}");
+    }
+    // Same key, same partition: the pusher's partitioner is keyed.
+    let mut partitions: HashMap<&str, i32> = HashMap::new();
+    for r in &records {
+        let p = *partitions.entry(&r.key).or_insert(r.partition);
+        assert_eq!(p, r.partition, "{} moved partitions", r.key);
+        assert!(r.offset >= 0);
+    }
+}
+
+#[derive(serde::Deserialize, serde::Serialize, Debug, PartialEq)]
+struct Payment {
+    order: String,
+    cents: u64,
+}
+
+#[kq::consumer(conf = "Payments")]
+async fn record_payment(
+    seen: kq::State<Seen>,
+    msg: &kq::Message,
+    kq::Json(payment): kq::Json<Payment>,
+) -> Result<(), String> {
+    let trace = msg
+        .headers()
+        .get_str("trace-id")
+        .unwrap_or("none")
+        .to_owned();
+    assert!(msg.timestamp().is_some(), "the broker stamps records");
+    seen.records.lock().unwrap().push(Record {
+        key: String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned(),
+        value: format!(
+            "{}={} trace={trace} topic={}",
+            payment.order,
+            payment.cents,
+            msg.topic()
+        ),
+        partition: msg.partition(),
+        offset: msg.offset(),
+    });
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_payloads_headers_and_message_details_reach_the_handler() {
+    let topic = unique("payments");
+    create_topic(&topic, 2).await;
+    let pusher = pusher(&topic).await;
+    let payment = Payment {
+        order: "o-1".into(),
+        cents: 1200,
+    };
+    let body = serde_json::to_vec(&payment).unwrap();
+    let delivery = pusher
+        .push_with_headers("o-1", &body, [("trace-id", b"abc".as_slice())])
+        .await
+        .expect("push")
+        .expect("sync pushes report their delivery");
+    pusher
+        .push_json(
+            "o-2",
+            &Payment {
+                order: "o-2".into(),
+                cents: 5,
+            },
+        )
+        .await
+        .expect("push json");
+
+    let seen = Arc::new(Seen::default());
+    let running = Running::start("record_payment", consumer_conf(&topic), &seen);
+    assert!(eventually(WAIT, || seen.count() >= 2).await);
+    running.stop().await;
+
+    let records = seen.records.lock().unwrap().clone();
+    let first = records
+        .iter()
+        .find(|r| r.key == "o-1")
+        .expect("o-1 handled");
+    assert_eq!(first.value, format!("o-1=1200 trace=abc topic={topic}"));
+    assert_eq!(
+        (first.partition, first.offset),
+        (delivery.partition, delivery.offset)
+    );
+    let second = records
+        .iter()
+        .find(|r| r.key == "o-2")
+        .expect("o-2 handled");
+    assert_eq!(second.value, format!("o-2=5 trace=none topic={topic}"));
+}
+
+#[kq::consumer(conf = "Flaky")]
+async fn flaky(seen: kq::State<Seen>, _key: &str, value: &str) -> anyhow::Result<()> {
+    let attempt = seen.attempt(value);
+    match value {
+        "poison" => anyhow::bail!("cannot handle {value} (attempt {attempt})"),
+        "panics" if attempt == 1 => panic!("boom on {value}"),
+        "third-time-lucky" if attempt < 3 => anyhow::bail!("not yet"),
+        _ => {}
+    }
+    seen.records.lock().unwrap().push(Record {
+        key: String::new(),
+        value: value.to_owned(),
+        partition: 0,
+        offset: 0,
+    });
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_retried_reported_and_committed_past() {
+    let topic = unique("flaky");
+    create_topic(&topic, 1).await;
+    let pusher = pusher(&topic).await;
+    for value in ["third-time-lucky", "poison", "panics", "after"] {
+        pusher.kpush("same-key", value).await.expect("push");
+    }
+
+    let seen = Arc::new(Seen::default());
+    let conf = consumer_conf(&topic);
+    let group = conf.group.clone();
+    let failures = seen.clone();
+    let running = Running::start_queue("flaky", conf, &seen, move |queue| {
+        queue.with_error_handler(move |msg, error| {
+            failures
+                .failures
+                .lock()
+                .unwrap()
+                .push((msg.offset(), error.to_string()));
+        })
+    });
+    assert!(
+        eventually(WAIT, || seen.count() >= 3).await,
+        "{:?}",
+        seen.values()
+    );
+    running.stop().await;
+
+    // Same key, one lane: the order holds through retries and failures.
+    assert_eq!(seen.values(), ["third-time-lucky", "panics", "after"]);
+    let attempts = seen.attempts.lock().unwrap().clone();
+    assert_eq!(attempts["third-time-lucky"], 3);
+    assert_eq!(attempts["poison"], 3, "Retry.Attempts defaults to 3");
+    assert_eq!(
+        attempts["panics"], 2,
+        "a panic is a failure, and the worker survives it"
+    );
+    let failures = seen.failures.lock().unwrap().clone();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0].0, 1, "the poison message's offset");
+    assert!(
+        failures[0].1.contains("cannot handle poison (attempt 3)"),
+        "{failures:?}"
+    );
+
+    // ForceCommit: true committed past the poison message: the group does not see it again.
+    let again = Arc::new(Seen::default());
+    let mut conf = consumer_conf(&topic);
+    conf.group = group;
+    let running = Running::start("flaky", conf, &again);
+    pusher.kpush("same-key", "fresh").await.expect("push");
+    assert!(eventually(WAIT, || again.count() >= 1).await);
+    running.stop().await;
+    assert_eq!(again.values(), ["fresh"]);
+}
+
+#[kq::consumer(conf = "Decoded")]
+async fn decoded(seen: kq::State<Seen>, kq::Json(payment): kq::Json<Payment>) {
+    seen.records.lock().unwrap().push(Record {
+        key: String::new(),
+        value: payment.order,
+        partition: 0,
+        offset: 0,
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_payload_goes_through_the_error_policy() {
+    let topic = unique("decoded");
+    create_topic(&topic, 1).await;
+    let pusher = pusher(&topic).await;
+    pusher.kpush("k", "{not json").await.expect("push");
+    pusher
+        .push_json(
+            "k",
+            &Payment {
+                order: "good".into(),
+                cents: 1,
+            },
+        )
+        .await
+        .expect("push");
+
+    let seen = Arc::new(Seen::default());
+    let failures = seen.clone();
+    let running = Running::start_queue("decoded", consumer_conf(&topic), &seen, move |queue| {
+        queue.with_error_handler(move |msg, error| {
+            assert_eq!(error.kind(), kq::HandlerErrorKind::Decode);
+            failures
+                .failures
+                .lock()
+                .unwrap()
+                .push((msg.offset(), error.to_string()));
+        })
+    });
+    assert!(eventually(WAIT, || seen.count() >= 1).await);
+    running.stop().await;
+    assert_eq!(seen.values(), ["good"]);
+    let failures = seen.failures.lock().unwrap().clone();
+    assert_eq!(
+        failures.len(),
+        1,
+        "decode errors are not retried: {failures:?}"
+    );
+    assert!(failures[0].1.contains("not valid JSON"), "{failures:?}");
+}
+
+#[kq::consumer(conf = "Resumed")]
+async fn resumed(seen: kq::State<Seen>, _key: &str, value: &str) {
+    seen.records.lock().unwrap().push(Record {
+        key: String::new(),
+        value: value.to_owned(),
+        partition: 0,
+        offset: 0,
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_commits_so_a_restart_resumes_where_it_stopped() {
+    let topic = unique("resumed");
+    create_topic(&topic, 3).await;
+    let pusher = pusher(&topic).await;
+    for i in 0..20 {
+        pusher
+            .kpush(format!("k{i}"), format!("first-{i}"))
+            .await
+            .unwrap();
+    }
+    let mut conf = consumer_conf(&topic);
+    // Only the shutdown commit can save the progress: the interval never fires.
+    conf.commit_interval = Duration::from_secs(3600);
+
+    let seen = Arc::new(Seen::default());
+    let running = Running::start("resumed", conf.clone(), &seen);
+    assert!(eventually(WAIT, || seen.count() >= 20).await);
+    running.stop().await;
+
+    for i in 0..20 {
+        pusher
+            .kpush(format!("k{i}"), format!("second-{i}"))
+            .await
+            .unwrap();
+    }
+    let again = Arc::new(Seen::default());
+    let running = Running::start("resumed", conf, &again);
+    assert!(eventually(WAIT, || again.count() >= 20).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    running.stop().await;
+    let values = again.values();
+    assert_eq!(values.len(), 20, "{values:?}");
+    assert!(
+        values.iter().all(|v| v.starts_with("second-")),
+        "{values:?}"
+    );
+}
+
+static STARTED: AtomicUsize = AtomicUsize::new(0);
+
+#[kq::consumer(conf = "Slow")]
+async fn slow(seen: kq::State<Seen>, _key: &str, value: &str) {
+    STARTED.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    seen.records.lock().unwrap().push(Record {
+        key: String::new(),
+        value: value.to_owned(),
+        partition: 0,
+        offset: 0,
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_running_handlers_finish_and_commits_them() {
+    let topic = unique("slow");
+    create_topic(&topic, 1).await;
+    let pusher = pusher(&topic).await;
+    for i in 0..4 {
+        pusher
+            .kpush(format!("k{i}"), format!("slow-{i}"))
+            .await
+            .unwrap();
+    }
+    let mut conf = consumer_conf(&topic);
+    conf.commit_interval = Duration::from_secs(3600);
+    let seen = Arc::new(Seen::default());
+    let running = Running::start("slow", conf.clone(), &seen);
+    assert!(eventually(WAIT, || STARTED.load(Ordering::SeqCst) >= 4).await);
+    // All four are mid-handler (different keys, different lanes) when the stop comes.
+    running.stop().await;
+    assert_eq!(
+        seen.count(),
+        4,
+        "running handlers finish before the member leaves"
+    );
+
+    pusher.kpush("k", "after-restart").await.unwrap();
+    let again = Arc::new(Seen::default());
+    let running = Running::start("slow", conf, &again);
+    assert!(eventually(WAIT, || again.count() >= 1).await);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    running.stop().await;
+    assert_eq!(
+        again.values(),
+        ["after-restart"],
+        "the drained ones were committed"
+    );
+}
