@@ -202,7 +202,7 @@ fn generate(function: &ItemFn, args: &Args, params: &[Param]) -> TokenStream {
     });
     let checks = params.iter().filter_map(|param| match param {
         Param::Extract(ty) => Some(quote_spanned! {ty.span()=>
-            <#ty as #private::FromMessage<'_>>::check(__kq_ctx)?;
+            <#ty as #private::FromMessage<'__kq>>::check(__kq_ctx)?;
         }),
         _ => None,
     });
@@ -215,8 +215,13 @@ fn generate(function: &ItemFn, args: &Args, params: &[Param]) -> TokenStream {
     };
     // Spanned on the function's name so that a handler whose future is not `Send` gets one
     // error there, with the compiler's note on the value held across an `.await`.
-    let boxed = quote_spanned! {ident.span()=>
-        #private::boxed_handler_future
+    let boxed = respan(quote!(#private::boxed_handler_future), ident.span());
+    let body = quote_spanned! {ident.span()=>
+        #boxed(async move {
+            #(#extract)*
+            let __kq_output = #ident(#(#bindings),*).await;
+            #result
+        })
     };
 
     quote! {
@@ -230,14 +235,13 @@ fn generate(function: &ItemFn, args: &Args, params: &[Param]) -> TokenStream {
                 '__kq,
                 ::core::result::Result<(), #private::HandlerError>,
             > {
-                #boxed(async move {
-                    #(#extract)*
-                    let __kq_output = #ident(#(#bindings),*).await;
-                    #result
-                })
+                #body
             }
 
-            fn __kq_check(
+            // The lifetime matches the handler's so that an unsupported parameter type
+            // reports one error, not one per use.
+            #[allow(clippy::extra_unused_lifetimes)]
+            fn __kq_check<'__kq>(
                 __kq_ctx: &#private::HandlerContext,
             ) -> ::core::result::Result<(), ::std::string::String> {
                 #(#checks)*
@@ -257,4 +261,22 @@ fn generate(function: &ItemFn, args: &Args, params: &[Param]) -> TokenStream {
             }
         };
     }
+}
+
+/// Gives every token the same span, so that a diagnostic on the whole expression lands there.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut token| {
+            if let proc_macro2::TokenTree::Group(group) = &token {
+                let mut inner =
+                    proc_macro2::Group::new(group.delimiter(), respan(group.stream(), span));
+                inner.set_span(span);
+                token = proc_macro2::TokenTree::Group(inner);
+            } else {
+                token.set_span(span);
+            }
+            token
+        })
+        .collect()
 }

@@ -1,0 +1,4 @@
+#[kq::consumer(conf = "KqConsumerConf")]
+async fn payment_success<T: Default>(_key: &str, _val: &str) {}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[kq::consumer(conf = "KqConsumerConf")]
+struct PaymentSuccess;
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[kq::consumer(conf = "KqConsumerConf")]
+fn payment_success(_key: &str, _val: &str) {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[derive(serde::Deserialize, kq::KqConfig)]
+enum Config {
+    Consumer(kq::KqConf),
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[derive(kq::KqConfig)]
+struct Config {
+    conf: kq::KqConf,
+}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[derive(serde::Deserialize, kq::KqConfig)]
+struct Config(kq::KqConf);
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[derive(serde::Deserialize, kq::KqConfig)]
+struct Config;
+
+fn main() {}

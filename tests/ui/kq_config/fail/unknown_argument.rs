@@ -1,0 +1,7 @@
+#[derive(serde::Deserialize, kq::KqConfig)]
+#[kq(crate = "kq", strict)]
+struct Config {
+    conf: kq::KqConf,
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[derive(serde::Deserialize)]
+struct Config {
+    conf: kq::KqConf,
+}
+
+kq::main!(Config);
