@@ -26,7 +26,7 @@ enum Param {
     /// go-queue's `value: &str`, the second `&str`.
     Value,
     /// Anything else, through `FromMessage`.
-    Extract(Type),
+    Extract(Box<Type>),
 }
 
 pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
@@ -147,7 +147,7 @@ fn check_function(function: &ItemFn) -> syn::Result<Vec<Param>> {
                         Param::Value
                     });
                 } else {
-                    params.push(Param::Extract((*typed.ty).clone()));
+                    params.push(Param::Extract(typed.ty.clone()));
                 }
             }
         }
