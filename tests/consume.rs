@@ -462,3 +462,44 @@ async fn shutdown_lets_running_handlers_finish_and_commits_them() {
         "the drained ones were committed"
     );
 }
+
+#[kq::consumer(conf = "Backpressure")]
+async fn backpressure(seen: kq::State<Seen>, key: &str, value: &str) {
+    seen.records.lock().unwrap().push(Record {
+        key: key.to_owned(),
+        value: value.to_owned(),
+        partition: 0,
+        offset: 0,
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_stops_fetching_and_loses_nothing() {
+    let topic = unique("backpressure");
+    create_topic(&topic, 4).await;
+    let mut conf = pusher_conf(&topic);
+    conf.sync_push = false;
+    let pusher = Pusher::from_conf(&conf).unwrap();
+    const N: usize = 3000;
+    for i in 0..N {
+        pusher
+            .kpush(format!("k{}", i % 50), format!("{i}"))
+            .await
+            .unwrap();
+    }
+    pusher.close().await.unwrap();
+
+    let mut conf = consumer_conf(&topic);
+    // A queue far smaller than the backlog: the fetch loop waits for room all the time.
+    conf.queue_capacity = 8;
+    conf.processors = 4;
+    let seen = Arc::new(Seen::default());
+    let running = Running::start("backpressure", conf, &seen);
+    let all = eventually(WAIT, || seen.count() >= N).await;
+    running.stop().await;
+    let mut values: Vec<usize> = seen.values().iter().map(|v| v.parse().unwrap()).collect();
+    assert!(all, "handled {} of {N}", values.len());
+    values.sort();
+    values.dedup();
+    assert_eq!(values.len(), N, "every message, once");
+}

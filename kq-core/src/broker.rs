@@ -51,8 +51,6 @@ impl Connection<'_> {
                 .set("sasl.username", self.username)
                 .set("sasl.password", self.password);
         }
-        // librdkafka logs through its own channel; route it into `tracing` at the right levels.
-        config.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
         Ok(config)
     }
 

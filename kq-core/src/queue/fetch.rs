@@ -1,11 +1,15 @@
 //! The fetch loop of one group member: polls librdkafka on a thread of its own, hands
-//! messages to the dispatcher, pauses partitions when the queue is full, commits on
+//! messages to the dispatcher, stops polling while the queue is full, commits on
 //! `CommitInterval`, and drains and commits on shutdown.
 //!
 //! One loop per member keeps a partition's messages in offset order up to the dispatcher;
 //! librdkafka already fetches from every broker on threads of its own.
+//!
+//! Backpressure is by not polling: the message in hand waits for room, and librdkafka stops
+//! fetching once its own prefetch queue (`queued.max.messages.kbytes`) is full. Pausing
+//! partitions instead would discard what librdkafka already fetched and refetch it from the
+//! middle of a record batch on resume, which some Kafka-compatible brokers never answer.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::thread;
@@ -13,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::KafkaError;
-use rdkafka::{ClientConfig, TopicPartitionList};
+use rdkafka::ClientConfig;
 use tokio::sync::oneshot;
 
 use super::commit;
@@ -28,11 +32,12 @@ use crate::error::Error;
 use crate::message::Message;
 use crate::service::Shutdown;
 
-/// How long one poll waits when nothing is held back.
-const IDLE_POLL: Duration = Duration::from_millis(100);
-/// How long one poll waits while messages are held back for want of room, so that they are
-/// dispatched soon after room frees up.
-const BUSY_POLL: Duration = Duration::from_millis(2);
+/// How long one poll waits for a message.
+const POLL: Duration = Duration::from_millis(100);
+/// How long the loop sleeps between checks for room while the queue is full.
+const ROOM_CHECK: Duration = Duration::from_micros(200);
+/// librdkafka's `fetch.queue.backoff.ms` for kq consumers.
+pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 /// The longest pause after repeated poll errors.
 const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -67,8 +72,7 @@ pub(crate) fn spawn_member(
         consumer,
         dispatcher,
         shutdown,
-        held: BTreeMap::new(),
-        paused: HashSet::new(),
+        held: None,
         last_commit: Instant::now(),
         errors_in_a_row: 0,
     };
@@ -139,9 +143,8 @@ struct FetchLoop {
     consumer: BaseConsumer<MemberContext>,
     dispatcher: Dispatcher,
     shutdown: Shutdown,
-    /// Messages fetched while there was no room, per partition, in offset order.
-    held: BTreeMap<i32, VecDeque<(Arc<PartitionState>, Message)>>,
-    paused: HashSet<i32>,
+    /// The message polled while there was no room; nothing more is polled until it goes.
+    held: Option<(Arc<PartitionState>, Message)>,
     last_commit: Instant,
     errors_in_a_row: u32,
 }
@@ -157,20 +160,30 @@ impl FetchLoop {
             "consumer started"
         );
         while !self.shutdown.is_triggered() {
-            self.dispatch_held();
-            let wait = if self.held.is_empty() {
-                IDLE_POLL
-            } else {
-                BUSY_POLL
-            };
-            match self.consumer.poll(wait) {
+            if let Some((partition, msg)) = self.held.take() {
+                if partition.is_revoked() {
+                    // Fetched under an assignment that is gone; the next owner reads it again.
+                } else if self.has_room(&partition) {
+                    self.dispatcher.dispatch(partition, msg);
+                } else {
+                    self.held = Some((partition, msg));
+                    thread::sleep(ROOM_CHECK);
+                    self.commit_if_due();
+                    continue;
+                }
+            }
+            match self.consumer.poll(POLL) {
                 None => {}
                 Some(Ok(record)) => {
                     self.errors_in_a_row = 0;
                     let partition = self.member.partition(rdkafka::Message::partition(&record));
                     let msg = Message::from_kafka(self.member.topic.clone(), &record);
                     drop(record);
-                    self.offer(partition, msg);
+                    if self.has_room(&partition) {
+                        self.dispatcher.dispatch(partition, msg);
+                    } else {
+                        self.held = Some((partition, msg));
+                    }
                 }
                 Some(Err(e)) => self.back_off(e),
             }
@@ -186,71 +199,11 @@ impl FetchLoop {
         Ok(())
     }
 
-    /// Dispatches a message, or holds it back and pauses its partition when there is no room.
-    fn offer(&mut self, partition: Arc<PartitionState>, msg: Message) {
-        let p = partition.partition();
-        let queued_behind = self.held.get(&p).is_some_and(|q| !q.is_empty());
-        if queued_behind || !self.has_room(&partition) {
-            self.held.entry(p).or_default().push_back((partition, msg));
-            self.pause(p);
-        } else {
-            self.dispatcher.dispatch(partition, msg);
-        }
-    }
-
     /// Room for one more message: the member's in-flight count and the partition's
     /// uncommitted window are both under `QueueCapacity`.
     fn has_room(&self, partition: &PartitionState) -> bool {
         let capacity = self.member.queue.conf.queue_capacity;
         self.dispatcher.in_flight() < capacity && partition.window_len() < capacity
-    }
-
-    fn dispatch_held(&mut self) {
-        let mut drained = Vec::new();
-        for (&p, queue) in self.held.iter_mut() {
-            while let Some((partition, _)) = queue.front() {
-                if partition.is_revoked() {
-                    // Fetched under an assignment that is gone; the next owner reads it again.
-                    queue.clear();
-                    break;
-                }
-                let capacity = self.member.queue.conf.queue_capacity;
-                if self.dispatcher.in_flight() >= capacity || partition.window_len() >= capacity {
-                    break;
-                }
-                if let Some((partition, msg)) = queue.pop_front() {
-                    self.dispatcher.dispatch(partition, msg);
-                }
-            }
-            if queue.is_empty() {
-                drained.push(p);
-            }
-        }
-        for p in drained {
-            self.held.remove(&p);
-            self.resume(p);
-        }
-    }
-
-    fn pause(&mut self, partition: i32) {
-        if self.paused.insert(partition) {
-            if let Err(e) = self.consumer.pause(&self.partition_list(partition)) {
-                tracing::debug!(partition, error = %e, "pause failed");
-            }
-        }
-    }
-
-    fn resume(&mut self, partition: i32) {
-        if self.paused.remove(&partition) {
-            // Fails only when the partition was revoked meanwhile, which needs no resume.
-            let _ = self.consumer.resume(&self.partition_list(partition));
-        }
-    }
-
-    fn partition_list(&self, partition: i32) -> TopicPartitionList {
-        let mut list = TopicPartitionList::with_capacity(1);
-        list.add_partition(&self.member.topic, partition);
-        list
     }
 
     fn back_off(&mut self, error: KafkaError) {
@@ -282,7 +235,7 @@ impl FetchLoop {
     /// Stops fetching, lets running handlers finish within `ShutdownTimeout`, commits, and
     /// leaves the group (when the consumer is dropped).
     fn stop(mut self) {
-        self.held.clear();
+        self.held = None;
         let owned: Vec<i32> = self.member.owned().iter().map(|p| p.partition()).collect();
         // Releasing everything also leaves nothing for the rebalance callback that closing
         // the consumer triggers.

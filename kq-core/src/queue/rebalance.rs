@@ -117,7 +117,7 @@ impl ConsumerContext for MemberContext {
         }
     }
 
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(list) => {
                 tracing::info!(
@@ -127,8 +127,6 @@ impl ConsumerContext for MemberContext {
                     partitions = ?partitions_of(list),
                     "partitions assigned"
                 );
-                // A partition paused under a previous assignment must fetch again now.
-                let _ = rdkafka::consumer::Consumer::resume(consumer, list);
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => tracing::warn!(

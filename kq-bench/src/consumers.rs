@@ -1,0 +1,512 @@
+//! The scenarios: each runs kq and its raw rdkafka baseline against the same topic.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use kq::{ConsumerRegistration, HandlerContext, KqConf, PusherConf, Queue, Shutdown};
+use rdkafka::consumer::{BaseConsumer, Consumer as _, StreamConsumer};
+use rdkafka::producer::{
+    BaseRecord, FutureProducer, FutureRecord, Producer as _, ThreadedProducer,
+};
+use rdkafka::ClientConfig;
+
+use crate::measure::{cpu_time, peak_rss_mib, quantile, Row};
+use crate::Settings;
+
+/// Counts handled messages and remembers when the first and the last arrived.
+#[derive(Default)]
+pub struct Counter {
+    target: AtomicU64,
+    count: AtomicU64,
+    first: OnceLock<Instant>,
+    last: OnceLock<Instant>,
+    latencies_us: Mutex<Vec<f64>>,
+}
+
+impl Counter {
+    fn new(target: u64) -> Arc<Counter> {
+        let counter = Counter::default();
+        counter.target.store(target, Ordering::Relaxed);
+        Arc::new(counter)
+    }
+
+    fn hit(&self) {
+        let _ = self.first.set(Instant::now());
+        let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        if n == self.target.load(Ordering::Relaxed) {
+            let _ = self.last.set(Instant::now());
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.last.get().is_some()
+    }
+
+    /// Time from the first message to the last.
+    fn span(&self) -> Duration {
+        match (self.first.get(), self.last.get()) {
+            (Some(first), Some(last)) => *last - *first,
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+#[kq::consumer(conf = "Noop")]
+async fn noop(counter: kq::State<Counter>, _msg: &kq::Message) {
+    counter.hit();
+}
+
+#[kq::consumer(conf = "Sleepy")]
+async fn sleepy(counter: kq::State<Counter>, _msg: &kq::Message) {
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    counter.hit();
+}
+
+#[kq::consumer(conf = "Slow")]
+async fn slow(counter: kq::State<Counter>, _msg: &kq::Message) {
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    counter.hit();
+}
+
+#[kq::consumer(conf = "Latency")]
+async fn latency_probe(counter: kq::State<Counter>, key: &str, _value: &str) {
+    if let Ok(sent_ns) = key.parse::<u128>() {
+        let now = now_ns();
+        let micros = now.saturating_sub(sent_ns) as f64 / 1000.0;
+        counter.latencies_us.lock().unwrap().push(micros);
+    }
+    counter.hit();
+}
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        now_ns() % 1_000_000_000_000
+    )
+}
+
+fn client(settings: &Settings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &settings.brokers);
+    config
+}
+
+fn raw_consumer_config(settings: &Settings, group: &str) -> ClientConfig {
+    let mut config = client(settings);
+    config.set("group.id", group);
+    for (key, value) in settings.fetch_config() {
+        config.set(key, value);
+    }
+    config
+}
+
+fn kq_conf(settings: &Settings, topic: &str, processors: usize) -> KqConf {
+    let mut conf = KqConf::new([settings.brokers.clone()], unique("kq"), topic);
+    conf.offset = kq::Offset::First;
+    conf.processors = processors;
+    conf.max_wait = settings.max_wait;
+    conf.min_bytes = settings.min_bytes;
+    conf.max_bytes = settings.max_bytes;
+    conf
+}
+
+/// Creates a topic and fills it with `messages` values of `value_bytes`, keys spread over
+/// `keys` distinct values, partitions dealt round-robin.
+async fn fill(settings: &Settings, messages: u64, keys: u64) -> anyhow::Result<String> {
+    let topic = unique("bench");
+    kq::create_topic(&[settings.brokers.clone()], &topic, settings.partitions).await?;
+    let producer: ThreadedProducer<_> = client(settings)
+        .set("linger.ms", "5")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let value = vec![b'x'; settings.value_bytes];
+    let started = Instant::now();
+    for i in 0..messages {
+        let key = format!("key-{}", i % keys);
+        let mut record = BaseRecord::to(&topic)
+            .key(key.as_bytes())
+            .payload(value.as_slice())
+            .partition((i % settings.partitions as u64) as i32);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, returned)) => {
+                    record = returned;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120))?;
+    println!(
+        "filled {topic}: {messages} messages in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(topic)
+}
+
+/// Runs a registered kq consumer until `counter` is done or `limit` passes.
+async fn run_kq(
+    consumer: &str,
+    conf: KqConf,
+    counter: &Arc<Counter>,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let handler = ConsumerRegistration::find(consumer)
+        .context("registered")?
+        .bind(HandlerContext::new(counter.clone()))
+        .map_err(anyhow::Error::msg)?;
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(Queue::new(consumer, conf, handler).run(shutdown.clone()));
+    let deadline = Instant::now() + limit;
+    while !counter.done() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    shutdown.trigger();
+    task.await??;
+    anyhow::ensure!(
+        counter.done(),
+        "kq handled {} of {}",
+        counter.count.load(Ordering::Relaxed),
+        counter.target.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+/// Scenario 1: no-op handler, 1M pre-produced messages.
+pub async fn consume_throughput(settings: &Settings) -> anyhow::Result<Vec<Row>> {
+    let n = settings.messages;
+    let topic = fill(settings, n, 10_000).await?;
+    let mut rows = Vec::new();
+    for _ in 0..settings.reps {
+        let counter = Counter::new(n);
+        let cpu = cpu_time();
+        run_kq(
+            "noop",
+            kq_conf(settings, &topic, 8),
+            &counter,
+            Duration::from_secs(300),
+        )
+        .await?;
+        let mut row = Row::throughput(
+            "consume",
+            "kq (Processors 8)",
+            n,
+            counter.span(),
+            Some(cpu_time() - cpu),
+        );
+        row.notes = "commits every 1s".into();
+        rows.push(row);
+
+        let cpu = cpu_time();
+        let span = raw_stream(settings, &topic, n).await?;
+        let mut row = Row::throughput(
+            "consume",
+            "baseline StreamConsumer",
+            n,
+            span,
+            Some(cpu_time() - cpu),
+        );
+        row.notes = "auto commit".into();
+        rows.push(row);
+
+        let cpu = cpu_time();
+        let span = raw_base(settings, &topic, n).await?;
+        let mut row = Row::throughput(
+            "consume",
+            "baseline BaseConsumer",
+            n,
+            span,
+            Some(cpu_time() - cpu),
+        );
+        row.notes = "auto commit".into();
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+async fn raw_stream(settings: &Settings, topic: &str, n: u64) -> anyhow::Result<Duration> {
+    let consumer: StreamConsumer = raw_consumer_config(settings, &unique("raw")).create()?;
+    consumer.subscribe(&[topic])?;
+    let mut first = None;
+    for _ in 0..n {
+        let message = consumer.recv().await?;
+        std::hint::black_box(&message);
+        first.get_or_insert_with(Instant::now);
+    }
+    Ok(first.map(|f| f.elapsed()).unwrap_or_default())
+}
+
+async fn raw_base(settings: &Settings, topic: &str, n: u64) -> anyhow::Result<Duration> {
+    let config = raw_consumer_config(settings, &unique("raw"));
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config.create()?;
+        consumer.subscribe(&[&topic])?;
+        let mut first = None;
+        let mut seen = 0;
+        while seen < n {
+            if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+                std::hint::black_box(message?);
+                first.get_or_insert_with(Instant::now);
+                seen += 1;
+            }
+        }
+        anyhow::Ok(first.map(|f| f.elapsed()).unwrap_or_default())
+    })
+    .await?
+}
+
+/// Scenario 2: a handler that sleeps 1 ms, Processors 64, against the ideal of 64 per ms.
+pub async fn io_bound(settings: &Settings) -> anyhow::Result<Vec<Row>> {
+    const PROCESSORS: usize = 64;
+    let n = (settings.messages / 5).max(1000);
+    let topic = fill(settings, n, n).await?;
+    // What a 1 ms sleep really takes on this runtime bounds what any consumer can reach.
+    let sleep = measure_sleep().await;
+    let ideal = PROCESSORS as f64 / 0.001;
+    let ideal_measured = PROCESSORS as f64 / sleep.as_secs_f64();
+    let mut rows = Vec::new();
+    for _ in 0..settings.reps {
+        let counter = Counter::new(n);
+        let cpu = cpu_time();
+        run_kq(
+            "sleepy",
+            kq_conf(settings, &topic, PROCESSORS),
+            &counter,
+            Duration::from_secs(300),
+        )
+        .await?;
+        let mut row = Row::throughput(
+            "io",
+            "kq (Processors 64)",
+            n,
+            counter.span(),
+            Some(cpu_time() - cpu),
+        );
+        row.notes = format!(
+            "{:.2}× the ideal {ideal:.0}/s; a 1 ms sleep takes {:.3} ms here, so {:.2}× of {ideal_measured:.0}/s",
+            row.msgs_per_sec / ideal,
+            sleep.as_secs_f64() * 1000.0,
+            row.msgs_per_sec / ideal_measured
+        );
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+async fn measure_sleep() -> Duration {
+    let rounds = 200;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    started.elapsed() / rounds
+}
+
+/// Scenario 3: pushing 100-byte values, kq's async pusher against a raw FutureProducer.
+pub async fn push_throughput(settings: &Settings) -> anyhow::Result<Vec<Row>> {
+    let n = settings.messages;
+    let value = vec![b'x'; settings.value_bytes];
+    let mut rows = Vec::new();
+    for _ in 0..settings.reps {
+        let topic = unique("push");
+        kq::create_topic(&[settings.brokers.clone()], &topic, settings.partitions).await?;
+        let mut conf = PusherConf::new([settings.brokers.clone()], &topic);
+        conf.flush_interval = Duration::from_millis(5);
+        let pusher = kq::Pusher::from_conf(&conf)?;
+        let cpu = cpu_time();
+        let started = Instant::now();
+        for i in 0..n {
+            pusher.kpush(format!("key-{}", i % 10_000), &value).await?;
+        }
+        pusher.close().await?;
+        let mut row = Row::throughput(
+            "push",
+            "kq Pusher (async)",
+            n,
+            started.elapsed(),
+            Some(cpu_time() - cpu),
+        );
+        row.notes = "until close() returns".into();
+        rows.push(row);
+        drop(pusher);
+
+        let topic = unique("push");
+        kq::create_topic(&[settings.brokers.clone()], &topic, settings.partitions).await?;
+        let producer: FutureProducer = client(settings)
+            .set("partitioner", "murmur2_random")
+            .set("batch.size", conf.chunk_size.to_string())
+            .set("linger.ms", "5")
+            .set("compression.codec", conf.compression.keyword())
+            .create()?;
+        let cpu = cpu_time();
+        let started = Instant::now();
+        for i in 0..n {
+            let key = format!("key-{}", i % 10_000);
+            let mut record = FutureRecord::to(&topic).key(&key).payload(&value);
+            loop {
+                match producer.send_result(record) {
+                    Ok(delivery) => {
+                        drop(delivery);
+                        break;
+                    }
+                    Err((_, returned)) => {
+                        record = returned;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                }
+            }
+        }
+        producer.flush(Duration::from_secs(120))?;
+        let mut row = Row::throughput(
+            "push",
+            "baseline FutureProducer",
+            n,
+            started.elapsed(),
+            Some(cpu_time() - cpu),
+        );
+        row.notes = "until flush() returns".into();
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// Scenario 4: end-to-end latency at a fixed 10,000 messages/s, push to handler.
+pub async fn latency(settings: &Settings) -> anyhow::Result<Vec<Row>> {
+    const RATE: u64 = 10_000;
+    const SECONDS: u64 = 10;
+    let n = RATE * SECONDS;
+    let topic = unique("latency");
+    kq::create_topic(&[settings.brokers.clone()], &topic, settings.partitions).await?;
+    let counter = Counter::new(n + 1);
+    let mut conf = kq_conf(settings, &topic, 8);
+    conf.min_bytes = 1;
+    let handler = ConsumerRegistration::find("latency_probe")
+        .context("registered")?
+        .bind(HandlerContext::new(counter.clone()))
+        .map_err(anyhow::Error::msg)?;
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(Queue::new("latency_probe", conf, handler).run(shutdown.clone()));
+
+    let mut pusher_conf = PusherConf::new([settings.brokers.clone()], &topic);
+    pusher_conf.flush_interval = Duration::from_millis(1);
+    let pusher = kq::Pusher::from_conf(&pusher_conf)?;
+    // One message first, to be sure the consumer has joined before the clock starts.
+    pusher.kpush("warmup", "warmup").await?;
+    while counter.count.load(Ordering::Relaxed) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let value = vec![b'x'; settings.value_bytes];
+    let mut ticker = tokio::time::interval(Duration::from_millis(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let per_tick = RATE / 1000;
+    let started = Instant::now();
+    for _ in 0..(n / per_tick) {
+        ticker.tick().await;
+        for _ in 0..per_tick {
+            pusher.kpush(now_ns().to_string(), &value).await?;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !counter.done() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let elapsed = started.elapsed();
+    shutdown.trigger();
+    task.await??;
+    let mut latencies = counter.latencies_us.lock().unwrap().clone();
+    latencies.sort_by(f64::total_cmp);
+    let mut row = Row::throughput(
+        "latency",
+        "kq push → handler",
+        latencies.len() as u64,
+        elapsed,
+        None,
+    );
+    row.notes = format!(
+        "at {RATE}/s: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms (MaxWait {} ms, FlushInterval 1 ms)",
+        quantile(&latencies, 0.5) / 1000.0,
+        quantile(&latencies, 0.99) / 1000.0,
+        quantile(&latencies, 0.999) / 1000.0,
+        latencies.last().copied().unwrap_or(f64::NAN) / 1000.0,
+        settings.max_wait.as_millis()
+    );
+    Ok(vec![row])
+}
+
+/// Scenario 5: peak RSS of a kq consumer whose handler is slow while 1M messages wait.
+pub async fn memory(settings: &Settings) -> anyhow::Result<Vec<Row>> {
+    let topic = fill(settings, settings.messages, 10_000).await?;
+    let exe = std::env::current_exe()?;
+    let brokers = settings.brokers.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(exe)
+            .args(["memory-child", &brokers, &topic])
+            .output()
+    })
+    .await??;
+    anyhow::ensure!(
+        output.status.success(),
+        "memory child failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = String::from_utf8(output.stdout)?;
+    let mut fields = report.split_whitespace();
+    let handled: u64 = fields.next().context("handled")?.parse()?;
+    let rss: f64 = fields.next().context("rss")?.parse()?;
+    let mut row = Row::throughput(
+        "memory",
+        "kq (slow handler, 10 ms)",
+        handled,
+        Duration::from_secs(15),
+        None,
+    );
+    row.notes = format!(
+        "peak RSS {rss:.1} MiB with {} messages waiting",
+        settings.messages
+    );
+    Ok(vec![row])
+}
+
+/// The memory scenario's consumer process: runs for 15 s, then prints `handled peak_rss_mib`.
+pub fn memory_child(args: &[String]) -> anyhow::Result<()> {
+    let [brokers, topic] = args else {
+        anyhow::bail!("usage: memory-child BROKERS TOPIC");
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let counter = Counter::new(u64::MAX);
+        let mut conf = KqConf::new([brokers.clone()], unique("memory"), topic.as_str());
+        conf.offset = kq::Offset::First;
+        conf.max_wait = Duration::from_millis(10);
+        let handler = ConsumerRegistration::find("slow")
+            .context("registered")?
+            .bind(HandlerContext::new(counter.clone()))
+            .map_err(anyhow::Error::msg)?;
+        let shutdown = Shutdown::new();
+        let task = tokio::spawn(Queue::new("slow", conf, handler).run(shutdown.clone()));
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        shutdown.trigger();
+        task.await??;
+        println!(
+            "{} {:.1}",
+            counter.count.load(Ordering::Relaxed),
+            peak_rss_mib().unwrap_or(f64::NAN)
+        );
+        anyhow::Ok(())
+    })
+}

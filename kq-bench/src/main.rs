@@ -1,0 +1,183 @@
+//! kq against raw rdkafka, side by side, on a real broker process.
+//!
+//! ```text
+//! cargo run --release -p kq-bench -- all            # every scenario
+//! cargo run --release -p kq-bench -- consume push   # some of them
+//! ```
+//!
+//! The broker is tansu with in-memory storage, started by `scripts/broker.sh` (and installed
+//! the first time), unless `KQ_BENCH_BROKERS` names another. Each scenario runs kq and its raw
+//! rdkafka baseline in the same run, alternating, with the same librdkafka fetch settings,
+//! prints a table and writes `target/kq-bench.json`.
+
+mod consumers;
+mod measure;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use measure::Row;
+
+/// Settings both sides use; printed with the results.
+pub struct Settings {
+    pub brokers: String,
+    pub messages: u64,
+    pub partitions: i32,
+    pub value_bytes: usize,
+    pub reps: usize,
+    /// `fetch.wait.max.ms`: tansu answers a fetch only after this much, even with data.
+    pub max_wait: Duration,
+    pub min_bytes: usize,
+    pub max_bytes: usize,
+}
+
+impl Settings {
+    /// The librdkafka fetch settings of both sides.
+    pub fn fetch_config(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("fetch.wait.max.ms", self.max_wait.as_millis().to_string()),
+            ("fetch.min.bytes", self.min_bytes.to_string()),
+            ("fetch.max.bytes", self.max_bytes.to_string()),
+            ("fetch.queue.backoff.ms", "10".into()),
+            ("auto.offset.reset", "earliest".into()),
+        ]
+    }
+}
+
+const SCENARIOS: &[&str] = &["consume", "io", "push", "latency", "memory"];
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("memory-child") {
+        // The memory scenario measures a consumer in a process of its own.
+        return consumers::memory_child(&args[1..]);
+    }
+    let mut chosen: Vec<&str> = Vec::new();
+    for arg in &args {
+        match arg.as_str() {
+            "all" => chosen.extend(SCENARIOS),
+            name if SCENARIOS.contains(&name) => {
+                chosen.push(SCENARIOS[SCENARIOS.iter().position(|s| *s == name).unwrap_or(0)])
+            }
+            other => bail!("unknown scenario `{other}`; expected `all` or some of {SCENARIOS:?}"),
+        }
+    }
+    if chosen.is_empty() {
+        bail!("name the scenarios to run: `all` or some of {SCENARIOS:?}");
+    }
+    chosen.dedup();
+
+    let (brokers, started) = broker()?;
+    let settings = Settings {
+        brokers,
+        messages: env_u64("KQ_BENCH_MESSAGES", 1_000_000),
+        partitions: 8,
+        value_bytes: 100,
+        reps: env_u64("KQ_BENCH_REPS", 2) as usize,
+        max_wait: Duration::from_millis(10),
+        min_bytes: 10_240,
+        max_bytes: 10_485_760,
+    };
+    println!(
+        "broker: {} ({})",
+        settings.brokers,
+        if started {
+            "tansu, memory storage, started for this run"
+        } else {
+            "KQ_BENCH_BROKERS"
+        }
+    );
+    println!(
+        "machine: {} cores; messages: {}, {} bytes each, {} partitions; {} repetitions, alternating",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        settings.messages,
+        settings.value_bytes,
+        settings.partitions,
+        settings.reps
+    );
+    println!(
+        "fetch settings on both sides: {:?}",
+        settings.fetch_config()
+    );
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut rows: Vec<Row> = Vec::new();
+    let result = runtime.block_on(async {
+        for scenario in &chosen {
+            println!("\n== {scenario}");
+            let new_rows = match *scenario {
+                "consume" => consumers::consume_throughput(&settings).await?,
+                "io" => consumers::io_bound(&settings).await?,
+                "push" => consumers::push_throughput(&settings).await?,
+                "latency" => consumers::latency(&settings).await?,
+                "memory" => consumers::memory(&settings).await?,
+                _ => Vec::new(),
+            };
+            for row in &new_rows {
+                println!("{row}");
+            }
+            rows.extend(new_rows);
+        }
+        anyhow::Ok(())
+    });
+    if started && std::env::var_os("KQ_BENCH_KEEP_BROKER").is_none() {
+        let _ = Command::new(broker_script())
+            .args(["down", "memory"])
+            .status();
+    }
+    result?;
+
+    println!("\n{}", measure::table(&rows));
+    let json_path = workspace_root().join("target").join("kq-bench.json");
+    std::fs::create_dir_all(json_path.parent().unwrap_or(&workspace_root()))?;
+    let json = serde_json::json!({
+        "broker": settings.brokers,
+        "messages": settings.messages,
+        "value_bytes": settings.value_bytes,
+        "partitions": settings.partitions,
+        "fetch_settings": settings.fetch_config().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+        "rows": rows,
+    });
+    std::fs::write(&json_path, serde_json::to_string_pretty(&json)?)?;
+    println!("written: {}", json_path.display());
+    Ok(())
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn broker_script() -> PathBuf {
+    workspace_root().join("scripts").join("broker.sh")
+}
+
+/// `KQ_BENCH_BROKERS`, or tansu started by the broker script.
+fn broker() -> anyhow::Result<(String, bool)> {
+    if let Ok(brokers) = std::env::var("KQ_BENCH_BROKERS") {
+        if !brokers.trim().is_empty() {
+            return Ok((brokers, false));
+        }
+    }
+    let output = Command::new(broker_script())
+        .args(["up", "memory"])
+        .output()
+        .context("running scripts/broker.sh")?;
+    if !output.status.success() {
+        bail!(
+            "scripts/broker.sh up failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok((String::from_utf8(output.stdout)?.trim().to_owned(), true))
+}
