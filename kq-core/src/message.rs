@@ -15,8 +15,13 @@ pub struct Message {
     partition: i32,
     offset: i64,
     timestamp: Option<i64>,
-    key: Option<Vec<u8>>,
-    value: Option<Vec<u8>>,
+    /// Key and value in one allocation: a message is allocated on the fetch thread and freed
+    /// on a processor, and every allocation that crosses threads costs.
+    bytes: Vec<u8>,
+    /// Where the key ends and the value starts in `bytes`.
+    key_len: usize,
+    has_key: bool,
+    has_value: bool,
     headers: Headers,
 }
 
@@ -28,21 +33,31 @@ impl Message {
             partition,
             offset,
             timestamp: None,
-            key: None,
-            value: None,
+            bytes: Vec::new(),
+            key_len: 0,
+            has_key: false,
+            has_value: false,
             headers: Headers::default(),
         }
     }
 
     /// Sets the key.
-    pub fn with_key(mut self, key: impl Into<Vec<u8>>) -> Self {
-        self.key = Some(key.into());
+    pub fn with_key(mut self, key: impl AsRef<[u8]>) -> Self {
+        let value = self.bytes.split_off(self.key_len);
+        let key = key.as_ref();
+        self.bytes.clear();
+        self.bytes.extend_from_slice(key);
+        self.bytes.extend_from_slice(&value);
+        self.key_len = key.len();
+        self.has_key = true;
         self
     }
 
     /// Sets the value (the payload).
-    pub fn with_value(mut self, value: impl Into<Vec<u8>>) -> Self {
-        self.value = Some(value.into());
+    pub fn with_value(mut self, value: impl AsRef<[u8]>) -> Self {
+        self.bytes.truncate(self.key_len);
+        self.bytes.extend_from_slice(value.as_ref());
+        self.has_value = true;
         self
     }
 
@@ -68,13 +83,22 @@ impl Message {
             ),
             None => Headers::default(),
         };
+        let key = record.key();
+        let value = record.payload();
+        let key_bytes = key.unwrap_or_default();
+        let value_bytes = value.unwrap_or_default();
+        let mut bytes = Vec::with_capacity(key_bytes.len() + value_bytes.len());
+        bytes.extend_from_slice(key_bytes);
+        bytes.extend_from_slice(value_bytes);
         Message {
             topic,
             partition: record.partition(),
             offset: record.offset(),
             timestamp: record.timestamp().to_millis(),
-            key: record.key().map(<[u8]>::to_vec),
-            value: record.payload().map(<[u8]>::to_vec),
+            bytes,
+            key_len: key_bytes.len(),
+            has_key: key.is_some(),
+            has_value: value.is_some(),
             headers,
         }
     }
@@ -101,12 +125,12 @@ impl Message {
 
     /// The key bytes, if the record has a key.
     pub fn key(&self) -> Option<&[u8]> {
-        self.key.as_deref()
+        self.has_key.then(|| &self.bytes[..self.key_len])
     }
 
     /// The value bytes, if the record is not a tombstone.
     pub fn value(&self) -> Option<&[u8]> {
-        self.value.as_deref()
+        self.has_value.then(|| &self.bytes[self.key_len..])
     }
 
     /// The key as UTF-8 text; a missing key reads as `""`, as in go-queue.
@@ -133,8 +157,8 @@ impl fmt::Debug for Message {
             .field("partition", &self.partition)
             .field("offset", &self.offset)
             .field("timestamp", &self.timestamp)
-            .field("key_len", &self.key.as_ref().map(Vec::len))
-            .field("value_len", &self.value.as_ref().map(Vec::len))
+            .field("key_len", &self.key().map(<[u8]>::len))
+            .field("value_len", &self.value().map(<[u8]>::len))
             .field("headers", &self.headers.len())
             .finish()
     }
@@ -171,5 +195,22 @@ impl Headers {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_and_value_are_kept_apart() {
+        let msg = Message::new("t", 0, 0);
+        assert_eq!((msg.key(), msg.value()), (None, None));
+        let msg = msg.with_value("v1").with_key("key").with_value("value");
+        assert_eq!(msg.key(), Some(&b"key"[..]));
+        assert_eq!(msg.value(), Some(&b"value"[..]));
+        let msg = Message::new("t", 0, 0).with_key("");
+        assert_eq!((msg.key(), msg.value()), (Some(&b""[..]), None));
+        assert_eq!((msg.key_str(), msg.value_str()), (Ok(""), Ok("")));
     }
 }

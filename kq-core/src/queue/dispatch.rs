@@ -27,16 +27,20 @@ impl Drop for Slot {
     }
 }
 
+/// Jobs sent to a lane together, in order.
+pub(crate) type Batch = Vec<Job>;
+
 /// Where a processor takes its jobs from.
 pub(crate) enum Lane {
     /// Its own queue: the jobs routed to it, in order.
-    Own(UnboundedReceiver<Job>),
-    /// A queue shared by every processor (no ordering).
-    Shared(Arc<Mutex<UnboundedReceiver<Job>>>),
+    Own(UnboundedReceiver<Batch>),
+    /// A queue shared by every processor (no ordering); its batches hold one job each, so
+    /// that any free processor takes the next message.
+    Shared(Arc<Mutex<UnboundedReceiver<Batch>>>),
 }
 
 impl Lane {
-    pub async fn next(&mut self) -> Option<Job> {
+    pub async fn next(&mut self) -> Option<Batch> {
         match self {
             Lane::Own(jobs) => jobs.recv().await,
             Lane::Shared(jobs) => jobs.lock().await.recv().await,
@@ -44,9 +48,10 @@ impl Lane {
     }
 }
 
-/// The sending side of the lanes.
+/// The sending side of the lanes. Jobs gather per lane until `flush`.
 pub(crate) struct Dispatcher {
-    lanes: Vec<UnboundedSender<Job>>,
+    lanes: Vec<UnboundedSender<Batch>>,
+    pending: Vec<Batch>,
     ordering: Ordering,
     in_flight: Arc<AtomicUsize>,
 }
@@ -74,6 +79,7 @@ impl Dispatcher {
                 .unzip()
         };
         let dispatcher = Dispatcher {
+            pending: (0..lanes.len()).map(|_| Vec::new()).collect(),
             lanes,
             ordering,
             in_flight,
@@ -86,8 +92,8 @@ impl Dispatcher {
         self.in_flight.load(AtomicOrdering::Acquire)
     }
 
-    /// Records the message as fetched and queues it on its lane.
-    pub fn dispatch(&self, partition: Arc<PartitionState>, msg: Message) {
+    /// Records the message as fetched and adds it to its lane's next batch.
+    pub fn dispatch(&mut self, partition: Arc<PartitionState>, msg: Message) {
         partition.fetched(msg.offset());
         let lane = self.lane_of(&msg);
         self.in_flight.fetch_add(1, AtomicOrdering::AcqRel);
@@ -96,9 +102,27 @@ impl Dispatcher {
             partition,
             _slot: Slot(self.in_flight.clone()),
         };
-        // A lane's receiver lives as long as the queue runs; a failed send drops the job,
-        // which leaves its offset below the watermark, to be delivered again.
-        let _ = self.lanes[lane].send(job);
+        if self.ordering == Ordering::None {
+            self.send(0, vec![job]);
+        } else {
+            self.pending[lane].push(job);
+        }
+    }
+
+    /// Sends every lane its batch.
+    pub fn flush(&mut self) {
+        for lane in 0..self.pending.len() {
+            if !self.pending[lane].is_empty() {
+                let batch = std::mem::take(&mut self.pending[lane]);
+                self.send(lane, batch);
+            }
+        }
+    }
+
+    fn send(&self, lane: usize, batch: Batch) {
+        // A lane's receiver lives as long as the queue runs; a failed send drops the jobs,
+        // which leaves their offsets below the watermark, to be delivered again.
+        let _ = self.lanes[lane].send(batch);
     }
 
     fn lane_of(&self, msg: &Message) -> usize {

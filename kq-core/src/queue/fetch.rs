@@ -34,10 +34,12 @@ use crate::service::Shutdown;
 
 /// How long one poll waits for a message.
 const POLL: Duration = Duration::from_millis(100);
+/// Messages taken from librdkafka at most before they are handed to the lanes.
+const BURST: usize = 256;
 /// How long the loop sleeps between checks for room while the queue is full.
 const ROOM_CHECK: Duration = Duration::from_micros(200);
 /// librdkafka's `fetch.queue.backoff.ms` for kq consumers.
-pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
+const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 /// The longest pause after repeated poll errors.
 const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -73,6 +75,7 @@ pub(crate) fn spawn_member(
         dispatcher,
         shutdown,
         held: None,
+        last_partition: None,
         last_commit: Instant::now(),
         errors_in_a_row: 0,
     };
@@ -125,7 +128,11 @@ fn consumer_config(conf: &KqConf) -> Result<ClientConfig, Error> {
         .set(
             "session.timeout.ms",
             conf.session_timeout.as_millis().to_string(),
-        );
+        )
+        // The loop stops polling while its queue is full, which fills librdkafka's prefetch
+        // queue; with the default 1 s backoff a partition would then idle long after room
+        // frees up.
+        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
     // librdkafka refuses a fetch.max.bytes below its message.max.bytes (1000000 by default);
     // a smaller MaxBytes lowers both, as kafka-go's MaxBytes bounds the message size too.
     if conf.max_bytes < 1_000_000 {
@@ -145,6 +152,7 @@ struct FetchLoop {
     shutdown: Shutdown,
     /// The message polled while there was no room; nothing more is polled until it goes.
     held: Option<(Arc<PartitionState>, Message)>,
+    last_partition: Option<Arc<PartitionState>>,
     last_commit: Instant,
     errors_in_a_row: u32,
 }
@@ -165,6 +173,7 @@ impl FetchLoop {
                     // Fetched under an assignment that is gone; the next owner reads it again.
                 } else if self.has_room(&partition) {
                     self.dispatcher.dispatch(partition, msg);
+                    self.dispatcher.flush();
                 } else {
                     self.held = Some((partition, msg));
                     thread::sleep(ROOM_CHECK);
@@ -172,21 +181,33 @@ impl FetchLoop {
                     continue;
                 }
             }
-            match self.consumer.poll(POLL) {
-                None => {}
-                Some(Ok(record)) => {
-                    self.errors_in_a_row = 0;
-                    let partition = self.member.partition(rdkafka::Message::partition(&record));
-                    let msg = Message::from_kafka(self.member.topic.clone(), &record);
-                    drop(record);
-                    if self.has_room(&partition) {
-                        self.dispatcher.dispatch(partition, msg);
-                    } else {
-                        self.held = Some((partition, msg));
+            // Wait for one message, then take what librdkafka already holds without waiting,
+            // up to a burst: the lanes get one batch each instead of a wake-up per message.
+            let mut wait = POLL;
+            for _ in 0..BURST {
+                match self.consumer.poll(wait) {
+                    None => break,
+                    Some(Ok(record)) => {
+                        self.errors_in_a_row = 0;
+                        let msg = Message::from_kafka(self.member.topic.clone(), &record);
+                        drop(record);
+                        let partition = self.partition(msg.partition());
+                        if self.has_room(&partition) {
+                            self.dispatcher.dispatch(partition, msg);
+                        } else {
+                            self.held = Some((partition, msg));
+                            break;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        self.dispatcher.flush();
+                        self.back_off(e);
+                        break;
                     }
                 }
-                Some(Err(e)) => self.back_off(e),
+                wait = Duration::ZERO;
             }
+            self.dispatcher.flush();
             self.commit_if_due();
         }
         let member = self.member.index;
@@ -197,6 +218,19 @@ impl FetchLoop {
             "consumer stopped"
         );
         Ok(())
+    }
+
+    /// The current state of a partition; the last one is cached, as consecutive messages
+    /// mostly come from the same partition.
+    fn partition(&mut self, partition: i32) -> Arc<PartitionState> {
+        if let Some(last) = &self.last_partition {
+            if last.partition() == partition && !last.is_revoked() {
+                return last.clone();
+            }
+        }
+        let state = self.member.partition(partition);
+        self.last_partition = Some(state.clone());
+        state
     }
 
     /// Room for one more message: the member's in-flight count and the partition's
