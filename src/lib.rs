@@ -42,7 +42,7 @@
 
 #![warn(missing_docs)]
 
-pub use kq_core::{app::registered_queues, create_topic, load_config, spawn};
+pub use kq_core::{app::registered_queues, create_topic, load_config, sleep, spawn};
 pub use kq_core::{
     conf, dead_letter_headers, Assignor, BoxFuture, Compression, ConfigField, ConsumerRegistration,
     Delivery, DeliveryFailure, EmbeddedBroker, Error, ErrorHandler, FromMessage, Handler,

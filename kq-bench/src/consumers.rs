@@ -383,22 +383,59 @@ pub async fn push_throughput(settings: &Settings) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// Scenario 4: end-to-end latency at a fixed 10,000 messages/s, push to handler.
+/// Scenario 4: end-to-end latency at a fixed 10,000 messages/s, push to handler, for kq and
+/// for a raw BaseConsumer on the same broker, one after the other.
 pub async fn latency(settings: &Settings) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for _ in 0..settings.reps {
+        rows.push(latency_run(settings, true).await?);
+        rows.push(latency_run(settings, false).await?);
+    }
+    Ok(rows)
+}
+
+async fn latency_run(settings: &Settings, with_kq: bool) -> anyhow::Result<Row> {
     const RATE: u64 = 10_000;
     const SECONDS: u64 = 10;
     let n = RATE * SECONDS;
     let topic = unique("latency");
     kq::create_topic(&[settings.brokers.clone()], &topic, settings.partitions).await?;
     let counter = Counter::new(n + 1);
-    let mut conf = kq_conf(settings, &topic, 8);
-    conf.min_bytes = 1;
-    let handler = ConsumerRegistration::find("latency_probe")
-        .context("registered")?
-        .bind(HandlerContext::new(counter.clone()))
-        .map_err(anyhow::Error::msg)?;
-    let shutdown = Shutdown::new();
-    let task = tokio::spawn(Queue::new("latency_probe", conf, handler).run(shutdown.clone()));
+    let stop = Shutdown::new();
+    let consumer = if with_kq {
+        let mut conf = kq_conf(settings, &topic, 8);
+        conf.min_bytes = 1;
+        let handler = ConsumerRegistration::find("latency_probe")
+            .context("registered")?
+            .bind(HandlerContext::new(counter.clone()))
+            .map_err(anyhow::Error::msg)?;
+        let queue = Queue::new("latency_probe", conf, handler);
+        let stop = stop.clone();
+        tokio::spawn(async move { queue.run(stop).await.map_err(anyhow::Error::from) })
+    } else {
+        let mut config = raw_consumer_config(settings, &unique("raw"));
+        config.set("fetch.min.bytes", "1");
+        let (counter, stop, topic) = (counter.clone(), stop.clone(), topic.clone());
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = config.create()?;
+            consumer.subscribe(&[&topic])?;
+            while !stop.is_triggered() {
+                if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+                    let message = message?;
+                    let key = rdkafka::Message::key(&message).unwrap_or_default();
+                    if let Some(sent_ns) = std::str::from_utf8(key)
+                        .ok()
+                        .and_then(|k| k.parse::<u128>().ok())
+                    {
+                        let micros = now_ns().saturating_sub(sent_ns) as f64 / 1000.0;
+                        counter.latencies_us.lock().unwrap().push(micros);
+                    }
+                    counter.hit();
+                }
+            }
+            anyhow::Ok(())
+        })
+    };
 
     let mut pusher_conf = PusherConf::new([settings.brokers.clone()], &topic);
     pusher_conf.flush_interval = Duration::from_millis(1);
@@ -424,26 +461,25 @@ pub async fn latency(settings: &Settings) -> anyhow::Result<Vec<Row>> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let elapsed = started.elapsed();
-    shutdown.trigger();
-    task.await??;
+    stop.trigger();
+    consumer.await??;
     let mut latencies = counter.latencies_us.lock().unwrap().clone();
     latencies.sort_by(f64::total_cmp);
-    let mut row = Row::throughput(
-        "latency",
-        "kq push → handler",
-        latencies.len() as u64,
-        elapsed,
-        None,
-    );
+    let subject = if with_kq {
+        "kq push → handler"
+    } else {
+        "baseline BaseConsumer"
+    };
+    let mut row = Row::throughput("latency", subject, latencies.len() as u64, elapsed, None);
     row.notes = format!(
-        "at {RATE}/s: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms (MaxWait {} ms, FlushInterval 1 ms)",
+        "at {RATE}/s: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms (fetch.wait.max.ms {}, linger.ms 1)",
         quantile(&latencies, 0.5) / 1000.0,
         quantile(&latencies, 0.99) / 1000.0,
         quantile(&latencies, 0.999) / 1000.0,
         latencies.last().copied().unwrap_or(f64::NAN) / 1000.0,
         settings.max_wait.as_millis()
     );
-    Ok(vec![row])
+    Ok(row)
 }
 
 /// Scenario 5: peak RSS of a kq consumer whose handler is slow while 1M messages wait.

@@ -42,3 +42,6 @@ pub mod __private {
 /// Spawns a task on the service's Tokio runtime (`tokio::spawn`), for work a service state
 /// starts beside its consumers.
 pub use tokio::spawn;
+
+/// Waits on the service's Tokio runtime (`tokio::time::sleep`).
+pub use tokio::time::sleep;

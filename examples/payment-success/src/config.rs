@@ -9,6 +9,9 @@ pub struct Config {
     /// Payments pushed at start-up, to have something to consume.
     #[serde(default)]
     pub demo_payments: u32,
+    /// The pause between two demo payments (a Go duration such as `5ms`).
+    #[serde(default, deserialize_with = "kq::conf::duration::deserialize")]
+    pub demo_interval: std::time::Duration,
     pub kq_pusher_conf: kq::PusherConf,
     pub kq_consumer_conf: kq::KqConf,
 }

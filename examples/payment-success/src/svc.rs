@@ -14,7 +14,7 @@ impl ServiceContext {
         let kq_pusher_client = kq::Pusher::from_conf(&c.kq_pusher_conf)?;
         // In a real service a request handler pushes; here a task pushes a few payments so
         // that the consumer has work as soon as it starts.
-        tokio_spawn_demo(kq_pusher_client.clone(), c.demo_payments);
+        spawn_demo_payments(kq_pusher_client.clone(), c.demo_payments, c.demo_interval);
         Ok(ServiceContext {
             config_name: c.name.clone(),
             kq_pusher_client,
@@ -22,9 +22,12 @@ impl ServiceContext {
     }
 }
 
-fn tokio_spawn_demo(pusher: kq::Pusher, payments: u32) {
+fn spawn_demo_payments(pusher: kq::Pusher, payments: u32, interval: std::time::Duration) {
     kq::spawn(async move {
         for n in 1..=payments {
+            if !interval.is_zero() {
+                kq::sleep(interval).await;
+            }
             let key = format!("order-{n}");
             let value = format!(
                 r#"{{"order":"{key}","user":"zhangSan","cents":{}}}"#,

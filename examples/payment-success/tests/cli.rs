@@ -162,3 +162,134 @@ fn help_lists_the_config_flag() {
         "{help}"
     );
 }
+
+/// Two processes of the service in one group, against the real broker named by
+/// `KQ_TEST_BROKERS` (the embedded broker lives inside one process, so it cannot be shared).
+/// The second joins while the first is consuming: the partitions are split by a rebalance,
+/// every payment is handled, and the duplicates (re-deliveries of the in-flight window) are
+/// counted and reported.
+#[test]
+fn two_processes_split_the_partitions_and_lose_nothing() {
+    let Some(brokers) = std::env::var("KQ_TEST_BROKERS")
+        .ok()
+        .filter(|b| !b.is_empty())
+    else {
+        eprintln!("skipped: needs a real broker (scripts/test.sh --real sets KQ_TEST_BROKERS)");
+        return;
+    };
+    const PAYMENTS: usize = 2000;
+    let id = format!(
+        "{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    );
+    let topic = format!("payment-success-{id}");
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(kq::create_topic(&[brokers.clone()], &topic, 8))
+        .expect("create topic");
+    let dir = std::env::temp_dir().join(format!("kq-two-processes-{id}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let yaml = |payments: usize| {
+        format!(
+            "Name: mq\nHost: 0.0.0.0\nPort: 8888\nDemoPayments: {payments}\nDemoInterval: 3ms\n\
+             KqPusherConf:\n  Brokers: [{brokers}]\n  Topic: {topic}\n  FlushInterval: 5ms\n\
+             KqConsumerConf:\n  Name: kqConsumer\n  Brokers: [{brokers}]\n  Group: group-{id}\n  Topic: {topic}\n  Offset: first\n  CommitInterval: 200ms\n  MaxWait: 10ms\n  MinBytes: 1\n  SessionTimeout: 6s\n"
+        )
+    };
+    let pushing = dir.join("pushing.yaml");
+    let joining = dir.join("joining.yaml");
+    std::fs::write(&pushing, yaml(PAYMENTS)).unwrap();
+    std::fs::write(&joining, yaml(0)).unwrap();
+
+    let (lines_tx, lines) = mpsc::channel::<(usize, String)>();
+    let start = |which: usize, file: &Path| {
+        let mut child = Command::new(SERVICE)
+            .arg("-f")
+            .arg(file)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let tx = lines_tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send((which, line));
+            }
+        });
+        child
+    };
+
+    let mut handled: Vec<Vec<String>> = vec![Vec::new(), Vec::new()];
+    let mut collect = |timeout: Duration, handled: &mut Vec<Vec<String>>| {
+        if let Ok((which, line)) = lines.recv_timeout(timeout) {
+            if let Some(at) = line.find("PaymentSuccess key: ") {
+                let key = line[at + 20..]
+                    .split(',')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                handled[which].push(key);
+            }
+        }
+    };
+    let mut first = start(0, &pushing);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while handled[0].len() < PAYMENTS / 10 && Instant::now() < deadline {
+        collect(Duration::from_millis(100), &mut handled);
+    }
+    let mut second = start(1, &joining);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let distinct = |handled: &Vec<Vec<String>>| {
+        let mut all: Vec<&String> = handled.iter().flatten().collect();
+        all.sort();
+        all.dedup();
+        all.len()
+    };
+    while distinct(&handled) < PAYMENTS && Instant::now() < deadline {
+        collect(Duration::from_millis(100), &mut handled);
+    }
+    for child in [&first, &second] {
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+    let first_status = first.wait().unwrap();
+    let second_status = second.wait().unwrap();
+    while let Ok((which, line)) = lines.try_recv() {
+        if let Some(at) = line.find("PaymentSuccess key: ") {
+            handled[which].push(
+                line[at + 20..]
+                    .split(',')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let total: usize = handled.iter().map(Vec::len).sum();
+    let duplicates = total - distinct(&handled);
+    eprintln!(
+        "two processes: first handled {}, second handled {}, {} distinct of {PAYMENTS}, {duplicates} duplicates",
+        handled[0].len(),
+        handled[1].len(),
+        distinct(&handled)
+    );
+    assert_eq!(
+        distinct(&handled),
+        PAYMENTS,
+        "every payment handled; {duplicates} duplicates"
+    );
+    assert!(!handled[1].is_empty(), "the second process got partitions");
+    assert!(
+        duplicates <= PAYMENTS / 10,
+        "duplicates stay within the in-flight window: {duplicates}"
+    );
+    assert_eq!(first_status.code(), Some(0));
+    assert_eq!(second_status.code(), Some(0));
+}
