@@ -1,0 +1,402 @@
+//! The delivery guarantees, each tested through the public API: gap-free commits when
+//! handlers finish out of order, holding a partition with `ForceCommit: false`, the
+//! dead-letter topic, members joining and leaving while messages flow, and riding out a
+//! broker outage.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{consumer_conf, create_topic, eventually, pusher_conf, real_broker, unique};
+use kq::{ConsumerRegistration, HandlerContext, KqConf, Pusher, Queue, Shutdown};
+use tokio::task::JoinHandle;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// What a handler saw: `(member, key, value)` in the order handled.
+#[derive(Default)]
+struct Log {
+    entries: Mutex<Vec<(usize, String, String)>>,
+    attempts: Mutex<HashMap<String, usize>>,
+    /// Lets a test release a handler it is holding up.
+    release: AtomicBool,
+}
+
+impl Log {
+    fn push(&self, member: usize, key: &str, value: &str) {
+        self.entries
+            .lock()
+            .unwrap()
+            .push((member, key.to_owned(), value.to_owned()));
+    }
+
+    fn values(&self) -> Vec<String> {
+        self.entries
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e.2.clone())
+            .collect()
+    }
+
+    fn count(&self) -> usize {
+        self.entries.lock().unwrap().len()
+    }
+
+    fn attempt(&self, value: &str) -> usize {
+        let mut attempts = self.attempts.lock().unwrap();
+        let n = attempts.entry(value.to_owned()).or_default();
+        *n += 1;
+        *n
+    }
+}
+
+/// The log plus which member a queue is, so one handler serves several members.
+struct Member {
+    id: usize,
+    log: Arc<Log>,
+}
+
+struct Running {
+    shutdown: Shutdown,
+    task: JoinHandle<Result<(), kq::Error>>,
+}
+
+fn start(consumer: &str, conf: KqConf, id: usize, log: &Arc<Log>) -> Running {
+    let handler = ConsumerRegistration::find(consumer)
+        .expect("registered")
+        .bind(HandlerContext::new(Arc::new(Member {
+            id,
+            log: log.clone(),
+        })))
+        .expect("state matches");
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(Queue::new(consumer, conf, handler).run(shutdown.clone()));
+    Running { shutdown, task }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.shutdown.trigger();
+        self.task
+            .await
+            .expect("queue task")
+            .expect("queue ran cleanly");
+    }
+}
+
+fn pusher(topic: &str) -> Pusher {
+    Pusher::from_conf(&pusher_conf(topic)).expect("pusher")
+}
+
+#[kq::consumer(conf = "OutOfOrder")]
+async fn out_of_order(member: kq::State<Member>, key: &str, value: &str) {
+    if value == "slow" {
+        // Finishes long after everything behind it, unless the test releases it.
+        for _ in 0..100 {
+            if member.log.release.load(Ordering::SeqCst) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    member.log.push(member.id, key, value);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_never_pass_a_message_that_has_not_finished() {
+    let topic = unique("out-of-order");
+    create_topic(&topic, 1).await;
+    let pusher = pusher(&topic);
+    pusher.kpush("a", "slow").await.unwrap();
+    for i in 0..20 {
+        pusher
+            .kpush(format!("k{i}"), format!("fast-{i}"))
+            .await
+            .unwrap();
+    }
+    let mut conf = consumer_conf(&topic);
+    conf.shutdown_timeout = Duration::from_millis(100);
+    conf.commit_interval = Duration::from_millis(50);
+    // Any free processor takes the next message, so nothing waits behind the slow one.
+    conf.ordering = kq::Ordering::None;
+
+    let log = Arc::new(Log::default());
+    let running = start("out_of_order", conf.clone(), 0, &log);
+    // Everything behind the slow message finishes, and several commit intervals pass.
+    assert!(eventually(WAIT, || log.count() >= 20).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!log.values().contains(&"slow".to_owned()));
+    // The stop gives up on the slow handler after ShutdownTimeout.
+    running.stop().await;
+    log.release.store(true, Ordering::SeqCst);
+
+    // Had any commit passed offset 0, the slow message would be lost to the group.
+    let again = Arc::new(Log::default());
+    again.release.store(true, Ordering::SeqCst);
+    let running = start("out_of_order", conf, 1, &again);
+    assert!(eventually(WAIT, || again.values().contains(&"slow".to_owned())).await);
+    assert!(eventually(WAIT, || again.count() >= 21).await);
+    running.stop().await;
+    assert_eq!(
+        again.values()[0],
+        "slow",
+        "redelivered from the first unfinished offset"
+    );
+}
+
+#[kq::consumer(conf = "Held")]
+async fn held(member: kq::State<Member>, key: &str, value: &str) -> Result<(), String> {
+    let attempt = member.log.attempt(value);
+    if value == "stuck" && attempt <= 4 {
+        return Err(format!("not yet ({attempt})"));
+    }
+    member.log.push(member.id, key, value);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_commit_false_holds_the_message_until_it_succeeds() {
+    let topic = unique("held");
+    create_topic(&topic, 1).await;
+    let pusher = pusher(&topic);
+    for value in ["before", "stuck", "after"] {
+        pusher.kpush("same-key", value).await.unwrap();
+    }
+    let mut conf = consumer_conf(&topic);
+    conf.force_commit = false;
+    conf.retry.attempts = 2;
+
+    let log = Arc::new(Log::default());
+    let running = start("held", conf, 0, &log);
+    assert!(eventually(WAIT, || log.count() >= 3).await);
+    running.stop().await;
+    assert_eq!(
+        log.values(),
+        ["before", "stuck", "after"],
+        "never skipped, order kept"
+    );
+    assert_eq!(
+        log.attempts.lock().unwrap()["stuck"],
+        5,
+        "retried past Retry.Attempts"
+    );
+}
+
+#[kq::consumer(conf = "Poisoned")]
+async fn poisoned(_member: kq::State<Member>, _key: &str, value: &str) -> anyhow::Result<()> {
+    anyhow::bail!("cannot handle {value}")
+}
+
+#[kq::consumer(conf = "DeadLetters")]
+async fn dead_letters(member: kq::State<Member>, msg: &kq::Message, key: &str, value: &str) {
+    use kq::dead_letter_headers::*;
+    let header = |name: &str| msg.headers().get_str(name).unwrap_or("-").to_owned();
+    member.log.push(
+        member.id,
+        key,
+        &format!(
+            "{value}|{}|{}|{}|{}|{}|{}",
+            header("trace-id"),
+            header(TOPIC),
+            header(PARTITION),
+            header(OFFSET),
+            header(ERROR),
+            header(ATTEMPTS)
+        ),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_messages_go_to_the_dead_letter_topic_with_their_story() {
+    let topic = unique("poisoned");
+    let dead_letter_topic = format!("{topic}-dlq");
+    create_topic(&topic, 1).await;
+    create_topic(&dead_letter_topic, 1).await;
+    let pusher = pusher(&topic);
+    let delivery = pusher
+        .push_with_headers("order-1", "poison", [("trace-id", b"t-1".as_slice())])
+        .await
+        .unwrap()
+        .unwrap();
+
+    let mut conf = consumer_conf(&topic);
+    conf.dead_letter_topic = dead_letter_topic.clone();
+    let ignored = Arc::new(Log::default());
+    let running = start("poisoned", conf, 0, &ignored);
+
+    let log = Arc::new(Log::default());
+    let reader = start("dead_letters", consumer_conf(&dead_letter_topic), 1, &log);
+    assert!(eventually(WAIT, || log.count() >= 1).await);
+    reader.stop().await;
+    running.stop().await;
+    let entries = log.entries.lock().unwrap().clone();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].1, "order-1", "the original key");
+    assert_eq!(
+        entries[0].2,
+        format!(
+            "poison|t-1|{topic}|{}|{}|cannot handle poison|3",
+            delivery.partition, delivery.offset
+        )
+    );
+}
+
+#[kq::consumer(conf = "Rebalanced")]
+async fn rebalanced(member: kq::State<Member>, key: &str, value: &str) {
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    member.log.push(member.id, key, value);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_joining_and_leaving_while_messages_flow_lose_nothing() {
+    let topic = unique("rebalanced");
+    create_topic(&topic, 6).await;
+    let mut conf = consumer_conf(&topic);
+    if !real_broker() {
+        // The embedded broker's coordinator does not complete incremental (cooperative)
+        // rebalances; the real broker run covers cooperative-sticky, this one eager.
+        conf.assignor = kq::Assignor::Range;
+    }
+    let log = Arc::new(Log::default());
+    const KEYS: usize = 12;
+    const PER_KEY: usize = 40;
+
+    let producing = {
+        let pusher = pusher(&topic);
+        tokio::spawn(async move {
+            for seq in 0..PER_KEY {
+                for k in 0..KEYS {
+                    pusher
+                        .kpush(format!("k{k}"), format!("{k}:{seq}"))
+                        .await
+                        .unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+    };
+    let first = start("rebalanced", conf.clone(), 0, &log);
+    assert!(eventually(WAIT, || log.count() >= 50).await);
+    let second = start("rebalanced", conf.clone(), 1, &log);
+    assert!(
+        eventually(WAIT, || log
+            .entries
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.0 == 1))
+        .await
+    );
+    // The first member leaves while messages still flow; the second takes everything over.
+    first.stop().await;
+    producing.await.unwrap();
+    let all = eventually(WAIT, || {
+        let mut values = log.values();
+        values.sort();
+        values.dedup();
+        values.len() >= KEYS * PER_KEY
+    })
+    .await;
+    second.stop().await;
+
+    let entries = log.entries.lock().unwrap().clone();
+    let mut distinct: Vec<&String> = entries.iter().map(|e| &e.2).collect();
+    distinct.sort();
+    distinct.dedup();
+    assert!(
+        all,
+        "handled {} distinct of {}",
+        distinct.len(),
+        KEYS * PER_KEY
+    );
+    let duplicates = entries.len() - distinct.len();
+    eprintln!(
+        "join and leave: {} handled, {duplicates} duplicates",
+        entries.len()
+    );
+    if real_broker() {
+        // Commits on revoke keep re-deliveries to the in-flight window. The embedded
+        // broker's coordinator refuses every commit from the moment a member asks to join
+        // until all have rejoined (Kafka accepts them while preparing a rebalance), so there
+        // the group re-reads everything since the last commit before the join.
+        assert!(duplicates <= KEYS * PER_KEY / 10, "{duplicates} duplicates");
+    }
+
+    // Per key, messages were first handled in order, across both members: a partition's
+    // running handlers finish before it moves. Re-deliveries go back, to a message already
+    // handled.
+    let mut newest: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for (member, key, value) in &entries {
+        let seq: usize = value.split_once(':').unwrap().1.parse().unwrap();
+        if seen.insert(value) {
+            if let Some(&previous) = newest.get(key.as_str()) {
+                assert!(
+                    seq > previous,
+                    "member {member} first ran {key} {seq} after {previous}"
+                );
+            }
+            newest.insert(key, seq);
+        }
+    }
+}
+
+static OUTAGE_SEEN: AtomicUsize = AtomicUsize::new(0);
+
+#[kq::consumer(conf = "Outage")]
+async fn outage(member: kq::State<Member>, key: &str, value: &str) {
+    OUTAGE_SEEN.fetch_add(1, Ordering::SeqCst);
+    member.log.push(member.id, key, value);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_is_ridden_out() {
+    if real_broker() {
+        // Taking the broker down is the embedded broker's fault injection.
+        return;
+    }
+    let topic = unique("outage");
+    create_topic(&topic, 2).await;
+    let mut conf = pusher_conf(&topic);
+    conf.sync_push = false;
+    let pusher = Pusher::from_conf(&conf).unwrap();
+    let log = Arc::new(Log::default());
+    let running = start("outage", consumer_conf(&topic), 0, &log);
+    for i in 0..10 {
+        pusher
+            .kpush(format!("k{i}"), format!("before-{i}"))
+            .await
+            .unwrap();
+    }
+    assert!(eventually(WAIT, || log.count() >= 10).await);
+
+    let broker = kq::EmbeddedBroker::get().unwrap();
+    broker.set_up(false).unwrap();
+    for i in 0..10 {
+        // Queued locally while the broker is down, delivered when it is back.
+        pusher
+            .kpush(format!("k{i}"), format!("during-{i}"))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    broker.set_up(true).unwrap();
+    pusher
+        .close()
+        .await
+        .expect("everything delivered once the broker is back");
+    assert!(
+        eventually(WAIT, || log.count() >= 20).await,
+        "handled {}",
+        log.count()
+    );
+    running.stop().await;
+    let mut values = log.values();
+    values.sort();
+    values.dedup();
+    assert_eq!(values.len(), 20);
+}
