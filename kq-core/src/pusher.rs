@@ -217,6 +217,11 @@ impl Pusher {
         if connection.is_embedded() {
             EmbeddedBroker::get()?.create_topic(&conf.topic, EMBEDDED_PARTITIONS)?;
         }
+        let linger = if conf.sync_push {
+            0
+        } else {
+            millis(conf.flush_interval)
+        };
         let mut config = connection.client_config()?;
         config
             // Java clients hash keys with murmur2: the same key lands on the same partition
@@ -226,7 +231,9 @@ impl Pusher {
                 "batch.size",
                 conf.chunk_size.min(i32::MAX as usize).to_string(),
             )
-            .set("linger.ms", millis(conf.flush_interval).to_string())
+            // A synchronous push waits for its own delivery; lingering would only add the
+            // flush interval to every call (go-queue's sync pushes bypass its chunk executor).
+            .set("linger.ms", linger.to_string())
             .set("compression.codec", conf.compression.keyword())
             .set(
                 "message.timeout.ms",

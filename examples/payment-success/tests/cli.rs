@@ -223,7 +223,7 @@ fn two_processes_split_the_partitions_and_lose_nothing() {
     };
 
     let mut handled: Vec<Vec<String>> = vec![Vec::new(), Vec::new()];
-    let mut collect = |timeout: Duration, handled: &mut Vec<Vec<String>>| {
+    let collect = |timeout: Duration, handled: &mut Vec<Vec<String>>| {
         if let Ok((which, line)) = lines.recv_timeout(timeout) {
             if let Some(at) = line.find("PaymentSuccess key: ") {
                 let key = line[at + 20..]
@@ -292,4 +292,177 @@ fn two_processes_split_the_partitions_and_lose_nothing() {
     );
     assert_eq!(first_status.code(), Some(0));
     assert_eq!(second_status.code(), Some(0));
+}
+
+/// A consumer process killed with SIGKILL at random moments while keyed, numbered messages
+/// flow, restarted until everything is handled: every message is handled at least once, each
+/// key's messages are first handled in order, and the duplicates (re-deliveries of what was
+/// in flight or handled after the last commit) are counted and reported. Real broker only:
+/// the embedded broker dies with the process.
+#[test]
+fn killed_consumers_lose_nothing_and_keep_key_order() {
+    let Some(brokers) = std::env::var("KQ_TEST_BROKERS")
+        .ok()
+        .filter(|b| !b.is_empty())
+    else {
+        eprintln!("skipped: needs a real broker (scripts/test.sh --real sets KQ_TEST_BROKERS)");
+        return;
+    };
+    const KEYS: usize = 20;
+    const PER_KEY: usize = 40;
+    let seed = std::process::id() as u64;
+    let mut random = seed;
+    let mut next_random = move |below: u64| {
+        random = random
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (random >> 33) % below
+    };
+    let id = format!("{seed}-crash");
+    let topic = format!("crash-{id}");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime
+        .block_on(kq::create_topic(&[brokers.clone()], &topic, 4))
+        .expect("create topic");
+    let dir = std::env::temp_dir().join(format!("kq-crash-{id}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("mq.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "Name: mq\nHost: 0.0.0.0\nPort: 8888\n\
+             KqPusherConf:\n  Brokers: [{brokers}]\n  Topic: {topic}\n\
+             KqConsumerConf:\n  Name: kqConsumer\n  Brokers: [{brokers}]\n  Group: group-{id}\n  Topic: {topic}\n  Offset: first\n  CommitInterval: 100ms\n  MaxWait: 10ms\n  MinBytes: 1\n  SessionTimeout: 6s\n"
+        ),
+    )
+    .unwrap();
+
+    // Messages flow while consumers die: one push every few milliseconds, each its own batch.
+    let pushing = {
+        let mut conf = kq::PusherConf::new([brokers.clone()], &topic);
+        conf.sync_push = true;
+        let pusher = runtime
+            .block_on(async { kq::Pusher::from_conf(&conf) })
+            .unwrap();
+        runtime.spawn(async move {
+            for seq in 0..PER_KEY {
+                for k in 0..KEYS {
+                    pusher
+                        .kpush(format!("k{k}"), format!("{k}:{seq}"))
+                        .await
+                        .unwrap();
+                }
+                // Spread over the whole test, so that every kill lands while messages flow.
+                tokio::time::sleep(Duration::from_millis(1200)).await;
+            }
+        })
+    };
+
+    let parse = |line: &str| {
+        let at = line.find("PaymentSuccess key: ")?;
+        let rest = &line[at + 20..];
+        let (key, val) = rest.split_once(", val: ")?;
+        Some((key.to_owned(), val.trim().to_owned()))
+    };
+    // Each run's handled messages, in order.
+    let mut runs: Vec<Vec<(String, String)>> = Vec::new();
+    let run = |kill_after: Option<Duration>| {
+        let mut child = Command::new(SERVICE)
+            .arg("-f")
+            .arg(&file)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        (child, rx, reader, kill_after)
+    };
+
+    let mut kills = 0;
+    for _ in 0..6 {
+        // A restarted member gets partitions only once the group has given up on the killed
+        // one (SessionTimeout, 6 s): kill after that, at a random moment.
+        let kill_after = Duration::from_millis(7000 + next_random(4000));
+        let (mut child, rx, reader, _) = run(Some(kill_after));
+        std::thread::sleep(kill_after);
+        Command::new("kill")
+            .args(["-KILL", &child.id().to_string()])
+            .status()
+            .unwrap();
+        child.wait().unwrap();
+        kills += 1;
+        reader.join().unwrap();
+        runs.push(rx.try_iter().filter_map(|l| parse(&l)).collect());
+    }
+    runtime.block_on(pushing).unwrap();
+
+    // A last run, left alone until everything is handled.
+    let distinct = |runs: &Vec<Vec<(String, String)>>| {
+        let mut all: Vec<&String> = runs.iter().flatten().map(|(_, v)| v).collect();
+        all.sort();
+        all.dedup();
+        all.len()
+    };
+    let (mut child, rx, reader, _) = run(None);
+    let mut last_run = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            if let Some(entry) = parse(&line) {
+                last_run.push(entry);
+            }
+        }
+        let mut with_last = runs.clone();
+        with_last.push(last_run.clone());
+        if distinct(&with_last) >= KEYS * PER_KEY {
+            break;
+        }
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    last_run.extend(rx.try_iter().filter_map(|l| parse(&l)));
+    runs.push(last_run);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let total: usize = runs.iter().map(Vec::len).sum();
+    let handled = distinct(&runs);
+    let duplicates = total - handled;
+    eprintln!(
+        "crash test (seed {seed}): {kills} kills, {} runs handled {:?}, {handled} distinct of {}, {duplicates} duplicates",
+        runs.len(),
+        runs.iter().map(Vec::len).collect::<Vec<_>>(),
+        KEYS * PER_KEY
+    );
+    assert_eq!(
+        handled,
+        KEYS * PER_KEY,
+        "every message at least once; seed {seed}"
+    );
+    assert_eq!(status.code(), Some(0));
+    // Across all runs, each key's messages are first handled in order.
+    let mut newest: std::collections::HashMap<String, usize> = Default::default();
+    let mut seen = std::collections::HashSet::new();
+    for (key, value) in runs.iter().flatten() {
+        let seq: usize = value.split_once(':').unwrap().1.parse().unwrap();
+        if seen.insert(value.clone()) {
+            if let Some(&previous) = newest.get(key) {
+                assert!(
+                    seq > previous,
+                    "{key}: {seq} first handled after {previous}; seed {seed}"
+                );
+            }
+            newest.insert(key.clone(), seq);
+        }
+    }
 }
