@@ -44,11 +44,12 @@
 
 pub use kq_core::{app::registered_queues, create_topic, load_config, sleep, spawn};
 pub use kq_core::{
-    conf, dead_letter_headers, Assignor, BoxFuture, Compression, ConfigField, ConsumerRegistration,
-    Delivery, DeliveryFailure, EmbeddedBroker, Error, ErrorHandler, FromMessage, Handler,
-    HandlerContext, HandlerError, HandlerErrorKind, Headers, IntoHandlerResult, Json, KqConf,
-    KqConfig, LoadError, Message, Metrics, Offset, Ordering, Outcome, PushError, Pusher,
-    PusherConf, Queue, RegisteredHandler, RetryConf, ServiceGroup, Shutdown, State,
+    conf, dead_letter_headers, Acks, Assignor, BoxFuture, Compression, ConfigField,
+    ConsumerRegistration, Delivery, DeliveryFailure, EmbeddedBroker, Error, ErrorHandler,
+    FromMessage, Handler, HandlerContext, HandlerError, HandlerErrorKind, Headers,
+    IntoHandlerResult, Json, KqConf, KqConfig, LoadError, Message, Metrics, Offset, Ordering,
+    Outcome, Partitioner, PushError, Pusher, PusherConf, Queue, RegisteredHandler, RetryConf,
+    ServiceGroup, Shutdown, State,
 };
 
 /// Registers an `async fn` as the handler of a consumer queue.

@@ -124,7 +124,12 @@ fn kq_conf(settings: &Settings, topic: &str, processors: usize) -> KqConf {
 /// `keys` distinct values, partitions dealt round-robin.
 async fn fill(settings: &Settings, messages: u64, keys: u64) -> anyhow::Result<String> {
     let topic = unique("bench");
-    kq::create_topic(&[settings.brokers.clone()], &topic, settings.partitions).await?;
+    kq::create_topic(
+        std::slice::from_ref(&settings.brokers),
+        &topic,
+        settings.partitions,
+    )
+    .await?;
     let producer: ThreadedProducer<_> = client(settings)
         .set("linger.ms", "5")
         .set("batch.size", "1000000")
@@ -322,7 +327,12 @@ pub async fn push_throughput(settings: &Settings) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     for _ in 0..settings.reps {
         let topic = unique("push");
-        kq::create_topic(&[settings.brokers.clone()], &topic, settings.partitions).await?;
+        kq::create_topic(
+            std::slice::from_ref(&settings.brokers),
+            &topic,
+            settings.partitions,
+        )
+        .await?;
         let mut conf = PusherConf::new([settings.brokers.clone()], &topic);
         conf.flush_interval = Duration::from_millis(5);
         let pusher = kq::Pusher::from_conf(&conf)?;
@@ -344,7 +354,12 @@ pub async fn push_throughput(settings: &Settings) -> anyhow::Result<Vec<Row>> {
         drop(pusher);
 
         let topic = unique("push");
-        kq::create_topic(&[settings.brokers.clone()], &topic, settings.partitions).await?;
+        kq::create_topic(
+            std::slice::from_ref(&settings.brokers),
+            &topic,
+            settings.partitions,
+        )
+        .await?;
         let producer: FutureProducer = client(settings)
             .set("partitioner", "murmur2_random")
             .set("batch.size", conf.chunk_size.to_string())
@@ -399,7 +414,12 @@ async fn latency_run(settings: &Settings, with_kq: bool) -> anyhow::Result<Row> 
     const SECONDS: u64 = 10;
     let n = RATE * SECONDS;
     let topic = unique("latency");
-    kq::create_topic(&[settings.brokers.clone()], &topic, settings.partitions).await?;
+    kq::create_topic(
+        std::slice::from_ref(&settings.brokers),
+        &topic,
+        settings.partitions,
+    )
+    .await?;
     let counter = Counter::new(n + 1);
     let stop = Shutdown::new();
     let consumer = if with_kq {

@@ -93,6 +93,14 @@ keyword_enum!(Assignor {
     Range => "range",
     RoundRobin => "roundrobin",
 });
+keyword_enum!(Partitioner {
+    Murmur2Random => "murmur2_random",
+    Murmur2 => "murmur2",
+    ConsistentRandom => "consistent_random",
+    Fnv1aRandom => "fnv1a_random",
+    Random => "random",
+});
+keyword_enum!(Acks { All => "all", Leader => "1", None => "0" });
 keyword_enum!(Compression {
     None => "none",
     Gzip => "gzip",
@@ -318,6 +326,35 @@ impl fmt::Debug for KqConf {
     }
 }
 
+/// How a pusher picks a message's partition (`partitioner`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Partitioner {
+    /// murmur2 of the key, as Java clients: the same key, the same partition, whichever client
+    /// wrote it; messages without a key go to a random partition.
+    #[default]
+    Murmur2Random,
+    /// murmur2 of the key; messages without a key all go to one partition.
+    Murmur2,
+    /// CRC32 of the key (librdkafka's own default); messages without a key at random.
+    ConsistentRandom,
+    /// FNV-1a of the key (Sarama's choice); messages without a key at random.
+    Fnv1aRandom,
+    /// A random partition for every message, key or not.
+    Random,
+}
+
+/// How many replicas must have a message before the broker acknowledges it (`acks`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Acks {
+    /// Every in-sync replica.
+    #[default]
+    All,
+    /// The partition leader only.
+    Leader,
+    /// No acknowledgement at all: a push cannot know whether it arrived.
+    None,
+}
+
 /// Compression codec of a pusher (`compression.codec`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compression {
@@ -373,6 +410,17 @@ pub struct PusherConf {
     /// The longest a push may take to be delivered before it fails (`message.timeout.ms`).
     #[serde(default = "defaults::message_timeout", with = "duration")]
     pub message_timeout: Duration,
+    /// How a message's partition is chosen: `murmur2_random`, `murmur2`, `consistent_random`,
+    /// `fnv1a_random` or `random`.
+    #[serde(default)]
+    pub partitioner: Partitioner,
+    /// Acknowledgement required: `all`, `1` (the leader) or `0` (none).
+    #[serde(default)]
+    pub acks: Acks,
+    /// Exactly-once writes per partition across retries (`enable.idempotence`); needs
+    /// `Acks: all`.
+    #[serde(default)]
+    pub idempotence: bool,
 }
 
 impl PusherConf {
@@ -394,6 +442,9 @@ impl PusherConf {
             allow_auto_topic_creation: false,
             compression: Compression::default(),
             message_timeout: defaults::message_timeout(),
+            partitioner: Partitioner::default(),
+            acks: Acks::default(),
+            idempotence: false,
         }
     }
 
@@ -402,6 +453,9 @@ impl PusherConf {
         require_brokers(&self.brokers)?;
         require("Topic", &self.topic)?;
         at_least("ChunkSize", self.chunk_size, 1)?;
+        if self.idempotence && self.acks != Acks::All {
+            return Err(InvalidConf::new("Idempotence", "needs `Acks: all`"));
+        }
         Ok(())
     }
 }
@@ -422,6 +476,9 @@ impl fmt::Debug for PusherConf {
             .field("allow_auto_topic_creation", &self.allow_auto_topic_creation)
             .field("compression", &self.compression)
             .field("message_timeout", &self.message_timeout)
+            .field("partitioner", &self.partitioner)
+            .field("acks", &self.acks)
+            .field("idempotence", &self.idempotence)
             .finish()
     }
 }

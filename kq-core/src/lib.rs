@@ -19,7 +19,9 @@ pub mod registry;
 pub mod service;
 
 pub use broker::{create_topic, EmbeddedBroker};
-pub use conf::{Assignor, Compression, KqConf, Offset, Ordering, PusherConf, RetryConf};
+pub use conf::{
+    Acks, Assignor, Compression, KqConf, Offset, Ordering, Partitioner, PusherConf, RetryConf,
+};
 pub use error::Error;
 pub use handler::{
     BoxFuture, FromMessage, Handler, HandlerContext, HandlerError, HandlerErrorKind,

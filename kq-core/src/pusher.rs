@@ -153,13 +153,21 @@ struct Inner {
     message_timeout: Duration,
 }
 
+impl Inner {
+    /// How long until every queued message is delivered or has failed: librdkafka expires a
+    /// message after `MessageTimeout`, checking about once a second.
+    fn settle_time(&self) -> Duration {
+        self.message_timeout + Duration::from_secs(2)
+    }
+}
+
 impl Drop for Inner {
     // librdkafka purges whatever is still queued when a producer is destroyed; flush first so
     // that dropping the last handle delivers what was pushed, for as long as a push may take.
     fn drop(&mut self) {
         let pending = self.producer.in_flight_count();
         if pending > 0 {
-            if let Err(e) = self.producer.flush(self.message_timeout) {
+            if let Err(e) = self.producer.flush(self.settle_time()) {
                 tracing::error!(
                     topic = %self.topic,
                     pending = self.producer.in_flight_count(),
@@ -224,9 +232,11 @@ impl Pusher {
         };
         let mut config = connection.client_config()?;
         config
-            // Java clients hash keys with murmur2: the same key lands on the same partition
+            // By default murmur2, as Java clients: the same key lands on the same partition
             // whichever client wrote it.
-            .set("partitioner", "murmur2_random")
+            .set("partitioner", conf.partitioner.keyword())
+            .set("acks", conf.acks.keyword())
+            .set("enable.idempotence", conf.idempotence.to_string())
             .set(
                 "batch.size",
                 conf.chunk_size.min(i32::MAX as usize).to_string(),
@@ -366,10 +376,11 @@ impl Pusher {
         }
     }
 
-    /// Delivers everything queued (for at most the message timeout) and reports failures, as
-    /// go-queue's `Close`. The pusher stays usable; dropping the last clone also flushes.
+    /// Waits until everything queued is delivered or has failed — each message within
+    /// `MessageTimeout` — and reports the failures, as go-queue's `Close`. The pusher stays
+    /// usable; dropping the last clone also waits for its messages, for as long.
     pub async fn close(&self) -> Result<(), PushError> {
-        self.flush(self.inner.message_timeout).await
+        self.flush(self.inner.settle_time()).await
     }
 
     /// Sends one record, waiting for room in the local queue; in sync mode also waits for the

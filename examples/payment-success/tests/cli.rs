@@ -186,7 +186,7 @@ fn two_processes_split_the_partitions_and_lose_nothing() {
     let topic = format!("payment-success-{id}");
     tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(kq::create_topic(&[brokers.clone()], &topic, 8))
+        .block_on(kq::create_topic(std::slice::from_ref(&brokers), &topic, 8))
         .expect("create topic");
     let dir = std::env::temp_dir().join(format!("kq-two-processes-{id}"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -322,7 +322,7 @@ fn killed_consumers_lose_nothing_and_keep_key_order() {
     let topic = format!("crash-{id}");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime
-        .block_on(kq::create_topic(&[brokers.clone()], &topic, 4))
+        .block_on(kq::create_topic(std::slice::from_ref(&brokers), &topic, 4))
         .expect("create topic");
     let dir = std::env::temp_dir().join(format!("kq-crash-{id}"));
     std::fs::create_dir_all(&dir).unwrap();
