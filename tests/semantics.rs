@@ -263,20 +263,26 @@ async fn members_joining_and_leaving_while_messages_flow_lose_nothing() {
     }
     let log = Arc::new(Log::default());
     const KEYS: usize = 12;
-    const PER_KEY: usize = 40;
+    const MAX_ROUNDS: usize = 2000;
 
+    // Messages flow until after the first member has left.
+    let stop_producing = Arc::new(AtomicBool::new(false));
     let producing = {
         let pusher = pusher(&topic);
+        let stop = stop_producing.clone();
         tokio::spawn(async move {
-            for seq in 0..PER_KEY {
+            let mut rounds = 0;
+            while rounds < MAX_ROUNDS && !stop.load(Ordering::SeqCst) {
                 for k in 0..KEYS {
                     pusher
-                        .kpush(format!("k{k}"), format!("{k}:{seq}"))
+                        .kpush(format!("k{k}"), format!("{k}:{rounds}"))
                         .await
                         .unwrap();
                 }
+                rounds += 1;
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
+            rounds
         })
     };
     let first = start("rebalanced", conf.clone(), 0, &log);
@@ -293,12 +299,14 @@ async fn members_joining_and_leaving_while_messages_flow_lose_nothing() {
     );
     // The first member leaves while messages still flow; the second takes everything over.
     first.stop().await;
-    producing.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop_producing.store(true, Ordering::SeqCst);
+    let pushed = producing.await.unwrap() * KEYS;
     let all = eventually(WAIT, || {
         let mut values = log.values();
         values.sort();
         values.dedup();
-        values.len() >= KEYS * PER_KEY
+        values.len() >= pushed
     })
     .await;
     second.stop().await;
@@ -307,12 +315,7 @@ async fn members_joining_and_leaving_while_messages_flow_lose_nothing() {
     let mut distinct: Vec<&String> = entries.iter().map(|e| &e.2).collect();
     distinct.sort();
     distinct.dedup();
-    assert!(
-        all,
-        "handled {} distinct of {}",
-        distinct.len(),
-        KEYS * PER_KEY
-    );
+    assert!(all, "handled {} distinct of {pushed}", distinct.len());
     let duplicates = entries.len() - distinct.len();
     eprintln!(
         "join and leave: {} handled, {duplicates} duplicates",
@@ -323,7 +326,10 @@ async fn members_joining_and_leaving_while_messages_flow_lose_nothing() {
         // broker's coordinator refuses every commit from the moment a member asks to join
         // until all have rejoined (Kafka accepts them while preparing a rebalance), so there
         // the group re-reads everything since the last commit before the join.
-        assert!(duplicates <= KEYS * PER_KEY / 10, "{duplicates} duplicates");
+        assert!(
+            duplicates <= pushed / 10,
+            "{duplicates} duplicates of {pushed}"
+        );
     }
 
     // Per key, messages were first handled in order, across both members: a partition's
