@@ -204,39 +204,42 @@ pub async fn consume_throughput(settings: &Settings) -> anyhow::Result<Vec<Row>>
             Duration::from_secs(300),
         )
         .await?;
-        let mut row = Row::throughput(
-            "consume",
-            "kq (Processors 8)",
-            n,
-            counter.span(),
-            Some(cpu_time() - cpu),
+        rows.push(
+            Row::throughput(
+                "consume",
+                "kq (Processors 8)",
+                n,
+                counter.span(),
+                Some(cpu_time() - cpu),
+            )
+            .noted("commits every 1s"),
         );
-        row.notes = "commits every 1s".into();
-        rows.push(row);
 
         let cpu = cpu_time();
         let span = raw_stream(settings, &topic, n).await?;
-        let mut row = Row::throughput(
-            "consume",
-            "baseline StreamConsumer",
-            n,
-            span,
-            Some(cpu_time() - cpu),
+        rows.push(
+            Row::throughput(
+                "consume",
+                "baseline StreamConsumer",
+                n,
+                span,
+                Some(cpu_time() - cpu),
+            )
+            .noted("auto commit"),
         );
-        row.notes = "auto commit".into();
-        rows.push(row);
 
         let cpu = cpu_time();
         let span = raw_base(settings, &topic, n).await?;
-        let mut row = Row::throughput(
-            "consume",
-            "baseline BaseConsumer",
-            n,
-            span,
-            Some(cpu_time() - cpu),
+        rows.push(
+            Row::throughput(
+                "consume",
+                "baseline BaseConsumer",
+                n,
+                span,
+                Some(cpu_time() - cpu),
+            )
+            .noted("auto commit"),
         );
-        row.notes = "auto commit".into();
-        rows.push(row);
     }
     Ok(rows)
 }
@@ -342,15 +345,16 @@ pub async fn push_throughput(settings: &Settings) -> anyhow::Result<Vec<Row>> {
             pusher.kpush(format!("key-{}", i % 10_000), &value).await?;
         }
         pusher.close().await?;
-        let mut row = Row::throughput(
-            "push",
-            "kq Pusher (async)",
-            n,
-            started.elapsed(),
-            Some(cpu_time() - cpu),
+        rows.push(
+            Row::throughput(
+                "push",
+                "kq Pusher (async)",
+                n,
+                started.elapsed(),
+                Some(cpu_time() - cpu),
+            )
+            .noted("until close() returns"),
         );
-        row.notes = "until close() returns".into();
-        rows.push(row);
         drop(pusher);
 
         let topic = unique("push");
@@ -385,15 +389,16 @@ pub async fn push_throughput(settings: &Settings) -> anyhow::Result<Vec<Row>> {
             }
         }
         producer.flush(Duration::from_secs(120))?;
-        let mut row = Row::throughput(
-            "push",
-            "baseline FutureProducer",
-            n,
-            started.elapsed(),
-            Some(cpu_time() - cpu),
+        rows.push(
+            Row::throughput(
+                "push",
+                "baseline FutureProducer",
+                n,
+                started.elapsed(),
+                Some(cpu_time() - cpu),
+            )
+            .noted("until flush() returns"),
         );
-        row.notes = "until flush() returns".into();
-        rows.push(row);
     }
     Ok(rows)
 }

@@ -38,6 +38,14 @@ impl Row {
     }
 }
 
+impl Row {
+    /// The same row with a note.
+    pub fn noted(mut self, notes: impl Into<String>) -> Row {
+        self.notes = notes.into();
+        self
+    }
+}
+
 impl fmt::Display for Row {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

@@ -4,8 +4,9 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 const SERVICE: &str = env!("CARGO_BIN_EXE_payment-success");
@@ -14,28 +15,54 @@ fn package_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-#[test]
-fn the_seed_service_consumes_its_payments_and_stops_on_sigterm() {
-    let mut child = Command::new(SERVICE)
+/// Starts the service in its package directory (with `-f file` when given) and sends each
+/// line it prints, tagged with `tag`, to `lines`. Returns the process and the thread reading it.
+fn spawn_service<T: Send + Clone + 'static>(
+    file: Option<&Path>,
+    tag: T,
+    lines: mpsc::Sender<(T, String)>,
+) -> (Child, JoinHandle<()>) {
+    let mut command = Command::new(SERVICE);
+    if let Some(file) = file {
+        command.arg("-f").arg(file);
+    }
+    let mut child = command
         .current_dir(package_dir())
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .expect("start the service");
-    let stdout = child.stdout.take().unwrap();
-    let (lines_tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let reader = std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
+            let _ = lines.send((tag.clone(), line));
         }
     });
+    (child, reader)
+}
+
+/// The real broker named by `KQ_TEST_BROKERS`, if any.
+fn real_broker() -> Option<String> {
+    let brokers = std::env::var("KQ_TEST_BROKERS")
+        .ok()
+        .filter(|b| !b.is_empty());
+    if brokers.is_none() {
+        eprintln!("skipped: needs a real broker (scripts/test.sh --real sets KQ_TEST_BROKERS)");
+    }
+    brokers
+}
+
+#[test]
+fn the_seed_service_consumes_its_payments_and_stops_on_sigterm() {
+    let (lines_tx, lines) = mpsc::channel();
+    let (mut child, _reader) = spawn_service(None, (), lines_tx);
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut handled = Vec::new();
     while handled.len() < 5 && Instant::now() < deadline {
-        if let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) {
+        if let Ok(((), line)) = lines.recv_timeout(Duration::from_millis(200)) {
             if let Some(at) = line.find("PaymentSuccess key: ") {
                 handled.push(line[at..].to_owned());
             }
@@ -65,7 +92,7 @@ fn the_seed_service_consumes_its_payments_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(0), "a graceful stop exits with 0");
-    let rest: Vec<String> = lines.try_iter().collect();
+    let rest: Vec<String> = lines.try_iter().map(|((), line)| line).collect();
     assert!(
         rest.iter().any(|l| l.contains("consumer stopped")),
         "{rest:#?}"
@@ -170,11 +197,7 @@ fn help_lists_the_config_flag() {
 /// counted and reported.
 #[test]
 fn two_processes_split_the_partitions_and_lose_nothing() {
-    let Some(brokers) = std::env::var("KQ_TEST_BROKERS")
-        .ok()
-        .filter(|b| !b.is_empty())
-    else {
-        eprintln!("skipped: needs a real broker (scripts/test.sh --real sets KQ_TEST_BROKERS)");
+    let Some(brokers) = real_broker() else {
         return;
     };
     const PAYMENTS: usize = 2000;
@@ -203,24 +226,7 @@ fn two_processes_split_the_partitions_and_lose_nothing() {
     std::fs::write(&joining, yaml(0)).unwrap();
 
     let (lines_tx, lines) = mpsc::channel::<(usize, String)>();
-    let start = |which: usize, file: &Path| {
-        let mut child = Command::new(SERVICE)
-            .arg("-f")
-            .arg(file)
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let tx = lines_tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send((which, line));
-            }
-        });
-        child
-    };
+    let start = |which: usize, file: &Path| spawn_service(Some(file), which, lines_tx.clone()).0;
 
     let mut handled: Vec<Vec<String>> = vec![Vec::new(), Vec::new()];
     let collect = |timeout: Duration, handled: &mut Vec<Vec<String>>| {
@@ -301,11 +307,7 @@ fn two_processes_split_the_partitions_and_lose_nothing() {
 /// the embedded broker dies with the process.
 #[test]
 fn killed_consumers_lose_nothing_and_keep_key_order() {
-    let Some(brokers) = std::env::var("KQ_TEST_BROKERS")
-        .ok()
-        .filter(|b| !b.is_empty())
-    else {
-        eprintln!("skipped: needs a real broker (scripts/test.sh --real sets KQ_TEST_BROKERS)");
+    let Some(brokers) = real_broker() else {
         return;
     };
     const KEYS: usize = 20;
@@ -366,23 +368,10 @@ fn killed_consumers_lose_nothing_and_keep_key_order() {
     };
     // Each run's handled messages, in order.
     let mut runs: Vec<Vec<(String, String)>> = Vec::new();
-    let run = |kill_after: Option<Duration>| {
-        let mut child = Command::new(SERVICE)
-            .arg("-f")
-            .arg(&file)
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
+    let run = || {
         let (tx, rx) = mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        (child, rx, reader, kill_after)
+        let (child, reader) = spawn_service(Some(&file), (), tx);
+        (child, rx, reader)
     };
 
     let mut kills = 0;
@@ -390,7 +379,7 @@ fn killed_consumers_lose_nothing_and_keep_key_order() {
         // A restarted member gets partitions only once the group has given up on the killed
         // one (SessionTimeout, 6 s): kill after that, at a random moment.
         let kill_after = Duration::from_millis(7000 + next_random(4000));
-        let (mut child, rx, reader, _) = run(Some(kill_after));
+        let (mut child, rx, reader) = run();
         std::thread::sleep(kill_after);
         Command::new("kill")
             .args(["-KILL", &child.id().to_string()])
@@ -399,7 +388,7 @@ fn killed_consumers_lose_nothing_and_keep_key_order() {
         child.wait().unwrap();
         kills += 1;
         reader.join().unwrap();
-        runs.push(rx.try_iter().filter_map(|l| parse(&l)).collect());
+        runs.push(rx.try_iter().filter_map(|((), l)| parse(&l)).collect());
     }
     runtime.block_on(pushing).unwrap();
 
@@ -410,11 +399,11 @@ fn killed_consumers_lose_nothing_and_keep_key_order() {
         all.dedup();
         all.len()
     };
-    let (mut child, rx, reader, _) = run(None);
+    let (mut child, rx, reader) = run();
     let mut last_run = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+        if let Ok(((), line)) = rx.recv_timeout(Duration::from_millis(100)) {
             if let Some(entry) = parse(&line) {
                 last_run.push(entry);
             }
@@ -431,7 +420,7 @@ fn killed_consumers_lose_nothing_and_keep_key_order() {
         .unwrap();
     let status = child.wait().unwrap();
     reader.join().unwrap();
-    last_run.extend(rx.try_iter().filter_map(|l| parse(&l)));
+    last_run.extend(rx.try_iter().filter_map(|((), l)| parse(&l)));
     runs.push(last_run);
     let _ = std::fs::remove_dir_all(&dir);
 
