@@ -71,7 +71,10 @@ pub use kq_core::{
 /// `Result<(), E>` for any `E: Display`, so `anyhow::Result<()>` works.
 ///
 /// Arguments: `conf = "Key"` (required), `name = "..."` (the consumer's name in logs and
-/// metrics; the function's name by default), `crate = "path"` (when `kq` is renamed).
+/// metrics; the function's name by default), `crate = "path"` (when `kq` is renamed), and the
+/// error policy, which overrides the conf's keys of the same meaning:
+/// `retry_attempts = 5` (`Retry.Attempts`), `dead_letter_topic = "payments-dlq"`
+/// (`DeadLetterTopic`), `force_commit = false` (`ForceCommit`).
 ///
 /// ```
 /// #[derive(serde::Deserialize)]
@@ -188,6 +191,6 @@ pub mod __private {
     pub use kq_core::handler::generated::{boxed_handler_future, key_str, value_str};
     pub use kq_core::{
         BoxFuture, ConfigField, ConsumerRegistration, FromMessage, HandlerContext, HandlerError,
-        IntoHandlerResult, KqConfig, Message,
+        IntoHandlerResult, KqConfig, Message, PolicyOverrides,
     };
 }

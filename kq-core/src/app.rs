@@ -176,7 +176,11 @@ pub fn registered_queues<C: KqConfig>(
             continue;
         };
         match registration.bind(context.clone()) {
-            Ok(handler) => queues.push(Queue::new(registration.name, conf.clone(), handler)),
+            Ok(handler) => queues.push(Queue::new(
+                registration.name,
+                registration.conf(conf),
+                handler,
+            )),
             Err(e) => problems.push(format!("{at}: {e}")),
         }
     }

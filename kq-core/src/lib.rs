@@ -31,7 +31,9 @@ pub use load::{load_config, LoadError};
 pub use message::{Headers, Message};
 pub use pusher::{Delivery, DeliveryFailure, PushError, Pusher};
 pub use queue::{dead_letter_headers, ErrorHandler, Metrics, Outcome, Queue};
-pub use registry::{ConfigField, ConsumerRegistration, KqConfig, RegisteredHandler};
+pub use registry::{
+    ConfigField, ConsumerRegistration, KqConfig, PolicyOverrides, RegisteredHandler,
+};
 pub use service::{ServiceGroup, Shutdown};
 
 /// Crates the `kq` facade's generated code reaches through it. Not a public API.

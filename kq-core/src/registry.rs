@@ -28,6 +28,36 @@ pub struct ConsumerRegistration {
     pub handler: HandlerFn,
     /// Checks the parameters against the service state once, at startup.
     pub check: fn(&HandlerContext) -> Result<(), String>,
+    /// The error policy given in the attribute, which overrides the YAML block's.
+    pub policy: PolicyOverrides,
+}
+
+/// Error-policy settings written in `#[kq::consumer(...)]`. Set ones override the consumer's
+/// `KqConf`: the handler's author knows whether it is safe to skip a message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyOverrides {
+    /// `retry_attempts = N`: `Retry.Attempts`.
+    pub retry_attempts: Option<u32>,
+    /// `dead_letter_topic = "..."`: `DeadLetterTopic`.
+    pub dead_letter_topic: Option<&'static str>,
+    /// `force_commit = bool`: `ForceCommit`.
+    pub force_commit: Option<bool>,
+}
+
+impl PolicyOverrides {
+    /// `conf` with these settings applied.
+    pub fn apply(&self, mut conf: KqConf) -> KqConf {
+        if let Some(attempts) = self.retry_attempts {
+            conf.retry.attempts = attempts;
+        }
+        if let Some(topic) = self.dead_letter_topic {
+            conf.dead_letter_topic = topic.to_owned();
+        }
+        if let Some(force_commit) = self.force_commit {
+            conf.force_commit = force_commit;
+        }
+        conf
+    }
 }
 
 inventory::collect!(ConsumerRegistration);
@@ -43,6 +73,11 @@ impl ConsumerRegistration {
     /// The registered consumer with this name.
     pub fn find(name: &str) -> Option<&'static ConsumerRegistration> {
         inventory::iter::<ConsumerRegistration>().find(|r| r.name == name)
+    }
+
+    /// The consumer's configuration: its `KqConf` with the attribute's policy applied.
+    pub fn conf(&self, conf: &KqConf) -> KqConf {
+        self.policy.apply(conf.clone())
     }
 
     /// Binds the function to the service state, as a [`Handler`].

@@ -6,17 +6,27 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::ext::IdentExt as _;
 use syn::parse::Parser;
 use syn::spanned::Spanned;
-use syn::{FnArg, ItemFn, LitStr, Path, ReturnType, Type};
+use syn::{FnArg, ItemFn, LitBool, LitInt, LitStr, Path, ReturnType, Type};
 
 use crate::attr::{self, Arg};
 
-const KEYS: &[&str] = &["conf", "name", "crate"];
+const KEYS: &[&str] = &[
+    "conf",
+    "name",
+    "crate",
+    "retry_attempts",
+    "dead_letter_topic",
+    "force_commit",
+];
 
 /// The parsed attribute arguments.
 struct Args {
     conf: LitStr,
     name: Option<LitStr>,
     krate: Path,
+    retry_attempts: Option<LitInt>,
+    dead_letter_topic: Option<LitStr>,
+    force_commit: Option<LitBool>,
 }
 
 /// How one parameter is taken from the message.
@@ -59,6 +69,9 @@ fn parse_args(tokens: TokenStream) -> syn::Result<Args> {
     let mut conf = Arg::<LitStr>::new("conf");
     let mut name = Arg::<LitStr>::new("name");
     let mut krate = Arg::<Path>::new("crate");
+    let mut retry_attempts = Arg::<LitInt>::new("retry_attempts");
+    let mut dead_letter_topic = Arg::<LitStr>::new("dead_letter_topic");
+    let mut force_commit = Arg::<LitBool>::new("force_commit");
     let parser = syn::meta::parser(|meta| {
         if meta.path.is_ident("conf") {
             let value = attr::string(&meta)?;
@@ -78,6 +91,27 @@ fn parse_args(tokens: TokenStream) -> syn::Result<Args> {
         } else if meta.path.is_ident("crate") {
             let value = attr::path(&meta)?;
             krate.set(&meta, value)
+        } else if meta.path.is_ident("retry_attempts") {
+            let value: LitInt = meta.value()?.parse()?;
+            if value.base10_parse::<u32>()? < 1 {
+                return Err(syn::Error::new(
+                    value.span(),
+                    "`retry_attempts` counts the first attempt too: at least 1",
+                ));
+            }
+            retry_attempts.set(&meta, value)
+        } else if meta.path.is_ident("dead_letter_topic") {
+            let value = attr::string(&meta)?;
+            if value.value().trim().is_empty() {
+                return Err(syn::Error::new(
+                    value.span(),
+                    "`dead_letter_topic` must name a topic",
+                ));
+            }
+            dead_letter_topic.set(&meta, value)
+        } else if meta.path.is_ident("force_commit") {
+            let value: LitBool = meta.value()?.parse()?;
+            force_commit.set(&meta, value)
         } else {
             Err(attr::unknown(&meta, KEYS))
         }
@@ -93,6 +127,9 @@ fn parse_args(tokens: TokenStream) -> syn::Result<Args> {
         conf,
         name: name.take(),
         krate: krate.take().unwrap_or_else(|| syn::parse_quote!(::kq)),
+        retry_attempts: retry_attempts.take(),
+        dead_letter_topic: dead_letter_topic.take(),
+        force_commit: force_commit.take(),
     })
 }
 
@@ -224,6 +261,17 @@ fn generate(function: &ItemFn, args: &Args, params: &[Param]) -> TokenStream {
         })
     };
 
+    let some = |value: Option<TokenStream>| match value {
+        Some(value) => quote!(::core::option::Option::Some(#value)),
+        None => quote!(::core::option::Option::None),
+    };
+    let retry_attempts = some(args.retry_attempts.as_ref().map(|n| {
+        let n = n.base10_digits().parse::<u32>().unwrap_or(1);
+        quote!(#n)
+    }));
+    let dead_letter_topic = some(args.dead_letter_topic.as_ref().map(|t| quote!(#t)));
+    let force_commit = some(args.force_commit.as_ref().map(|b| quote!(#b)));
+
     quote! {
         #function
 
@@ -257,6 +305,11 @@ fn generate(function: &ItemFn, args: &Args, params: &[Param]) -> TokenStream {
                     line: ::core::line!(),
                     handler: __kq_handler,
                     check: __kq_check,
+                    policy: #private::PolicyOverrides {
+                        retry_attempts: #retry_attempts,
+                        dead_letter_topic: #dead_letter_topic,
+                        force_commit: #force_commit,
+                    },
                 }
             }
         };
