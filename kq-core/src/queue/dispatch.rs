@@ -11,27 +11,23 @@ use super::offsets::PartitionState;
 use crate::conf::Ordering;
 use crate::message::Message;
 
-/// A message on its way to a processor, with the partition state it reports back to.
+/// A message on its way to a processor, with the partition state it reports back to. It
+/// counts as in flight from `dispatch` until its processor is done with it.
 pub(crate) struct Job {
     pub msg: Message,
     pub partition: Arc<PartitionState>,
-    _slot: Slot,
-}
-
-/// Counts a job as in flight until it is dropped, whatever became of it.
-struct Slot(Arc<AtomicUsize>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, AtomicOrdering::AcqRel);
-    }
 }
 
 /// Jobs sent to a lane together, in order.
 pub(crate) type Batch = Vec<Job>;
 
-/// Where a processor takes its jobs from.
-pub(crate) enum Lane {
+/// Where a processor takes its jobs from, and the member's in-flight count it releases.
+pub(crate) struct Lane {
+    jobs: LaneJobs,
+    in_flight: Arc<AtomicUsize>,
+}
+
+enum LaneJobs {
     /// Its own queue: the jobs routed to it, in order.
     Own(UnboundedReceiver<Batch>),
     /// A queue shared by every processor (no ordering); its batches hold one job each, so
@@ -41,10 +37,15 @@ pub(crate) enum Lane {
 
 impl Lane {
     pub async fn next(&mut self) -> Option<Batch> {
-        match self {
-            Lane::Own(jobs) => jobs.recv().await,
-            Lane::Shared(jobs) => jobs.lock().await.recv().await,
+        match &mut self.jobs {
+            LaneJobs::Own(jobs) => jobs.recv().await,
+            LaneJobs::Shared(jobs) => jobs.lock().await.recv().await,
         }
+    }
+
+    /// Releases a job's place in the queue, whatever became of it.
+    pub fn done(&self) {
+        self.in_flight.fetch_sub(1, AtomicOrdering::AcqRel);
     }
 }
 
@@ -52,6 +53,8 @@ impl Lane {
 pub(crate) struct Dispatcher {
     lanes: Vec<UnboundedSender<Batch>>,
     pending: Vec<Batch>,
+    /// Offsets dispatched since the last flush, in dispatch order, to record as fetched.
+    fetched: Vec<(Arc<PartitionState>, i64)>,
     ordering: Ordering,
     in_flight: Arc<AtomicUsize>,
 }
@@ -63,23 +66,28 @@ impl Dispatcher {
         ordering: Ordering,
         in_flight: Arc<AtomicUsize>,
     ) -> (Self, Vec<Lane>) {
+        let lane = |jobs| Lane {
+            jobs,
+            in_flight: in_flight.clone(),
+        };
         let (lanes, receivers) = if ordering == Ordering::None {
             let (tx, rx) = unbounded_channel();
             let rx = Arc::new(Mutex::new(rx));
-            (
-                vec![tx],
-                (0..processors).map(|_| Lane::Shared(rx.clone())).collect(),
-            )
+            let receivers = (0..processors)
+                .map(|_| lane(LaneJobs::Shared(rx.clone())))
+                .collect();
+            (vec![tx], receivers)
         } else {
             (0..processors)
                 .map(|_| {
                     let (tx, rx) = unbounded_channel();
-                    (tx, Lane::Own(rx))
+                    (tx, lane(LaneJobs::Own(rx)))
                 })
                 .unzip()
         };
         let dispatcher = Dispatcher {
             pending: (0..lanes.len()).map(|_| Vec::new()).collect(),
+            fetched: Vec::new(),
             lanes,
             ordering,
             in_flight,
@@ -92,29 +100,44 @@ impl Dispatcher {
         self.in_flight.load(AtomicOrdering::Acquire)
     }
 
-    /// Records the message as fetched and adds it to its lane's next batch.
+    /// Adds the message to its lane's next batch.
     pub fn dispatch(&mut self, partition: Arc<PartitionState>, msg: Message) {
-        partition.fetched(msg.offset());
         let lane = self.lane_of(&msg);
         self.in_flight.fetch_add(1, AtomicOrdering::AcqRel);
-        let job = Job {
-            msg,
-            partition,
-            _slot: Slot(self.in_flight.clone()),
-        };
+        self.fetched.push((partition.clone(), msg.offset()));
+        let job = Job { msg, partition };
         if self.ordering == Ordering::None {
+            self.record_fetched();
             self.send(0, vec![job]);
         } else {
             self.pending[lane].push(job);
         }
     }
 
-    /// Sends every lane its batch.
+    /// Records what was dispatched as fetched, then sends every lane its batch.
     pub fn flush(&mut self) {
+        self.record_fetched();
         for lane in 0..self.pending.len() {
             if !self.pending[lane].is_empty() {
                 let batch = std::mem::take(&mut self.pending[lane]);
                 self.send(lane, batch);
+            }
+        }
+    }
+
+    /// Records dispatched offsets in their partitions' trackers before any processor can
+    /// finish them: one lock per run of offsets from the same partition.
+    fn record_fetched(&mut self) {
+        let mut offsets = Vec::new();
+        let mut fetched = std::mem::take(&mut self.fetched).into_iter().peekable();
+        while let Some((partition, offset)) = fetched.next() {
+            offsets.push(offset);
+            let same_next = fetched
+                .peek()
+                .is_some_and(|(next, _)| Arc::ptr_eq(next, &partition));
+            if !same_next {
+                partition.fetched_all(&offsets);
+                offsets.clear();
             }
         }
     }

@@ -6,34 +6,34 @@
 //! kq commits only the watermark.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    Queued,
-    Running,
-    Done,
-}
 
 #[derive(Debug)]
 struct Progress {
-    /// Offsets fetched and not yet below the watermark, ascending.
-    window: VecDeque<(i64, Stage)>,
+    /// Offsets fetched and not yet below the watermark, ascending, with whether each is done.
+    window: VecDeque<(i64, bool)>,
     /// One past the highest offset fetched, so the watermark when the window is empty.
     next: i64,
     /// The last watermark handed to the committer.
     committed: i64,
-    running: usize,
 }
 
 /// One assignment of one partition to this group member. A revoked partition that comes
 /// back later gets a fresh `PartitionState`, so late work from the old assignment can never
 /// move the new one's watermark.
+///
+/// `start` and `running` take no lock: they run once per message on the processors while the
+/// fetch thread records new offsets. `revoke` and `start` order themselves through the two
+/// sequentially consistent atomics: a start either sees the revoke, or the revoke's drain
+/// sees the start's handler running.
 #[derive(Debug)]
 pub(crate) struct PartitionState {
     partition: i32,
     revoked: AtomicBool,
+    running: AtomicUsize,
+    /// `progress.window.len()`, readable without the lock.
+    window_len: AtomicUsize,
     progress: Mutex<Progress>,
 }
 
@@ -42,11 +42,12 @@ impl PartitionState {
         Arc::new(PartitionState {
             partition,
             revoked: AtomicBool::new(false),
+            running: AtomicUsize::new(0),
+            window_len: AtomicUsize::new(0),
             progress: Mutex::new(Progress {
                 window: VecDeque::new(),
                 next: -1,
                 committed: -1,
-                running: 0,
             }),
         })
     }
@@ -61,53 +62,47 @@ impl PartitionState {
         self.progress.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records a fetched offset. Offsets arrive in ascending order per partition.
-    pub fn fetched(&self, offset: i64) {
+    /// Records fetched offsets under one lock. Offsets arrive in ascending order per
+    /// partition.
+    pub fn fetched_all(&self, offsets: &[i64]) {
+        let Some(&last) = offsets.last() else { return };
         let mut p = self.progress();
-        p.window.push_back((offset, Stage::Queued));
-        p.next = offset + 1;
+        p.window.extend(offsets.iter().map(|&o| (o, false)));
+        p.next = last + 1;
+        self.window_len.store(p.window.len(), Ordering::Release);
     }
 
-    /// Marks an offset as running, unless the partition was revoked meanwhile: a revoked
+    /// Counts a handler as running, unless the partition was revoked meanwhile: a revoked
     /// partition's queued messages belong to its next owner and must not run here.
-    pub fn start(&self, offset: i64) -> bool {
-        let mut p = self.progress();
-        if self.is_revoked() {
+    pub fn start(&self) -> bool {
+        self.running.fetch_add(1, Ordering::SeqCst);
+        if self.revoked.load(Ordering::SeqCst) {
+            self.running.fetch_sub(1, Ordering::SeqCst);
             return false;
         }
-        if let Some(i) = position(&p.window, offset) {
-            p.window[i].1 = Stage::Running;
-            p.running += 1;
-            true
-        } else {
-            false
-        }
+        true
     }
 
-    /// Marks an offset as done and slides the watermark past every done offset in front.
+    /// Marks a started offset as done and slides the watermark past every done offset in
+    /// front.
     pub fn finish(&self, offset: i64) {
-        let mut p = self.progress();
-        if let Some(i) = position(&p.window, offset) {
-            if p.window[i].1 == Stage::Running {
-                p.running -= 1;
+        {
+            let mut p = self.progress();
+            if let Some(i) = position(&p.window, offset) {
+                p.window[i].1 = true;
             }
-            p.window[i].1 = Stage::Done;
+            while matches!(p.window.front(), Some((_, true))) {
+                p.window.pop_front();
+            }
+            self.window_len.store(p.window.len(), Ordering::Release);
         }
-        while matches!(p.window.front(), Some((_, Stage::Done))) {
-            p.window.pop_front();
-        }
+        self.running.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// Takes back a running offset without finishing it (its work was abandoned), so the
-    /// watermark stays below it and it is delivered again.
-    pub fn abandon(&self, offset: i64) {
-        let mut p = self.progress();
-        if let Some(i) = position(&p.window, offset) {
-            if p.window[i].1 == Stage::Running {
-                p.running -= 1;
-                p.window[i].1 = Stage::Queued;
-            }
-        }
+    /// Gives up a started offset without finishing it, so the watermark stays below it and it
+    /// is delivered again.
+    pub fn abandon(&self) {
+        self.running.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// The offset to commit: the first one not done, or one past the last fetched.
@@ -130,18 +125,16 @@ impl PartitionState {
 
     /// Offsets fetched but not yet below the watermark.
     pub fn window_len(&self) -> usize {
-        self.progress().window.len()
+        self.window_len.load(Ordering::Acquire)
     }
 
     /// Handlers running now.
     pub fn running(&self) -> usize {
-        self.progress().running
+        self.running.load(Ordering::SeqCst)
     }
 
     /// Stops queued messages from starting; running ones finish.
     pub fn revoke(&self) {
-        // Taking the lock orders this with `start`: after it, no queued message can start.
-        let _p = self.progress();
         self.revoked.store(true, Ordering::SeqCst);
     }
 
@@ -158,7 +151,7 @@ fn watermark_of(p: &Progress) -> Option<i64> {
     }
 }
 
-fn position(window: &VecDeque<(i64, Stage)>, offset: i64) -> Option<usize> {
+fn position(window: &VecDeque<(i64, bool)>, offset: i64) -> Option<usize> {
     window.binary_search_by_key(&offset, |&(o, _)| o).ok()
 }
 
@@ -168,9 +161,8 @@ mod tests {
 
     fn fetched(offsets: impl IntoIterator<Item = i64>) -> Arc<PartitionState> {
         let state = PartitionState::new(0);
-        for o in offsets {
-            state.fetched(o);
-        }
+        let offsets: Vec<i64> = offsets.into_iter().collect();
+        state.fetched_all(&offsets);
         state
     }
 
@@ -183,20 +175,24 @@ mod tests {
     fn watermark_never_passes_an_unfinished_offset() {
         let state = fetched(10..15);
         for o in (11..15).rev() {
-            assert!(state.start(o));
+            assert!(state.start());
             state.finish(o);
             assert_eq!(state.watermark(), Some(10), "after finishing {o}");
         }
-        assert!(state.start(10));
+        assert!(state.start());
         state.finish(10);
         assert_eq!(state.watermark(), Some(15));
         assert_eq!(state.window_len(), 0);
+        assert_eq!(state.running(), 0);
     }
 
     #[test]
     fn gaps_in_offsets_are_fine() {
         // Compacted topics and transaction markers leave holes in the offset sequence.
         let state = fetched([3, 7, 8, 20]);
+        for _ in 0..4 {
+            assert!(state.start());
+        }
         state.finish(7);
         state.finish(3);
         assert_eq!(state.watermark(), Some(8));
@@ -210,6 +206,7 @@ mod tests {
         let state = fetched(0..3);
         assert_eq!(state.take_commit(), Some(0));
         assert_eq!(state.take_commit(), None);
+        assert!(state.start() && state.start());
         state.finish(0);
         state.finish(1);
         assert_eq!(state.take_commit(), Some(2));
@@ -219,9 +216,9 @@ mod tests {
     #[test]
     fn revoked_partitions_start_nothing_more() {
         let state = fetched(0..3);
-        assert!(state.start(0));
+        assert!(state.start());
         state.revoke();
-        assert!(!state.start(1));
+        assert!(!state.start());
         assert_eq!(state.running(), 1);
         state.finish(0);
         assert_eq!(state.running(), 0);
@@ -231,10 +228,10 @@ mod tests {
     #[test]
     fn abandoned_work_holds_the_watermark() {
         let state = fetched(0..2);
-        assert!(state.start(0));
-        assert!(state.start(1));
+        assert!(state.start());
+        assert!(state.start());
         state.finish(1);
-        state.abandon(0);
+        state.abandon();
         assert_eq!(state.running(), 0);
         assert_eq!(state.watermark(), Some(0));
     }

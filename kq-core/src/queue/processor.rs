@@ -42,16 +42,16 @@ enum Settled {
 pub(crate) async fn run(queue: Arc<QueueShared>, mut lane: Lane, shutdown: Shutdown) {
     while let Some(batch) = lane.next().await {
         for job in batch {
-            let offset = job.msg.offset();
-            if !job.partition.start(offset) {
-                // Revoked or stopping: the message belongs to whoever consumes the partition
-                // next.
-                continue;
+            // Revoked or stopping: a message that has not started belongs to whoever consumes
+            // the partition next.
+            if job.partition.start() {
+                match settle(&queue, &job, &shutdown).await {
+                    Settled::Done => job.partition.finish(job.msg.offset()),
+                    Settled::Abandoned => job.partition.abandon(),
+                }
             }
-            match settle(&queue, &job, &shutdown).await {
-                Settled::Done => job.partition.finish(offset),
-                Settled::Abandoned => job.partition.abandon(offset),
-            }
+            drop(job);
+            lane.done();
         }
     }
 }
