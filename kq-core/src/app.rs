@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use crate::conf::KqConf;
 use crate::handler::HandlerContext;
 use crate::load::{load_config, LoadError};
 use crate::queue::Queue;
@@ -31,9 +32,9 @@ where
     C: KqConfig,
     S: Send + Sync + 'static,
 {
-    let file = config_file_arg();
+    let args = parse_args();
     init_tracing();
-    match run(&file, build_state) {
+    match run(&args, build_state) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure { code, message }) => {
             eprintln!("error: {message}");
@@ -63,15 +64,26 @@ impl Failure {
     }
 }
 
-fn run<C, S>(file: &Path, build_state: impl FnOnce(&C) -> Result<S, String>) -> Result<(), Failure>
+fn run<C, S>(args: &Args, build_state: impl FnOnce(&C) -> Result<S, String>) -> Result<(), Failure>
 where
     C: KqConfig,
     S: Send + Sync + 'static,
 {
+    let file = args.file.as_path();
     let config: C = load_config(file).map_err(Failure::config)?;
     config
         .check()
         .map_err(|problems| Failure::config(LoadError::new(file, problems.join("; "))))?;
+    if args.mode != Mode::Run {
+        let consumers = resolve(&config).map_err(|problems| {
+            Failure::config(format!("{}: {}", file.display(), problems.join("; ")))
+        })?;
+        match args.mode {
+            Mode::Check => print_check(file, &consumers),
+            _ => println!("{}", describe(&binary_name(), &config, &consumers)),
+        }
+        return Ok(());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -91,8 +103,24 @@ where
     })
 }
 
-/// Parses the command line: `-f <file>`, go-zero's flag, defaulting to `etc/mq.yaml`.
-fn config_file_arg() -> PathBuf {
+/// What the command line asks for.
+struct Args {
+    file: PathBuf,
+    mode: Mode,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Run,
+    /// Validate the config and list the consumers, then exit.
+    Check,
+    /// Print the service's topology as an AsyncAPI document, then exit.
+    Describe,
+}
+
+/// Parses the command line: `-f <file>`, go-zero's flag, defaulting to `etc/mq.yaml`, and
+/// `--check` or `--describe`.
+fn parse_args() -> Args {
     let command = clap::Command::new(binary_name())
         .about("A kq service: consumes Kafka topics with the handlers registered in it")
         .arg(
@@ -103,12 +131,35 @@ fn config_file_arg() -> PathBuf {
                 .default_value(DEFAULT_CONFIG_FILE)
                 .value_parser(clap::value_parser!(PathBuf))
                 .help("the config file (.yaml, .yml, .json or .toml)"),
+        )
+        .arg(
+            clap::Arg::new("check")
+                .long("check")
+                .action(clap::ArgAction::SetTrue)
+                .conflicts_with("describe")
+                .help("validate the config, list the registered consumers, and exit"),
+        )
+        .arg(
+            clap::Arg::new("describe")
+                .long("describe")
+                .action(clap::ArgAction::SetTrue)
+                .help("print the service's topology as an AsyncAPI document, and exit"),
         );
     let matches = command.get_matches();
-    matches
-        .get_one::<PathBuf>("file")
-        .cloned()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE))
+    let mode = if matches.get_flag("check") {
+        Mode::Check
+    } else if matches.get_flag("describe") {
+        Mode::Describe
+    } else {
+        Mode::Run
+    };
+    Args {
+        file: matches
+            .get_one::<PathBuf>("file")
+            .cloned()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE)),
+        mode,
+    }
 }
 
 fn binary_name() -> String {
@@ -143,55 +194,150 @@ pub fn registered_queues<C: KqConfig>(
     config: &C,
     context: &HandlerContext,
 ) -> Result<Vec<Queue>, Vec<String>> {
-    let registrations = ConsumerRegistration::all();
+    let consumers = resolve(config)?;
     let mut queues = Vec::new();
     let mut problems = Vec::new();
+    for (registration, conf) in consumers {
+        match registration.bind(context.clone()) {
+            Ok(handler) => queues.push(Queue::new(registration.name, conf, handler)),
+            Err(e) => problems.push(format!("{}: {e}", located(registration))),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    if queues.is_empty() {
+        tracing::warn!("no consumer is registered with #[kq::consumer]");
+    }
+    Ok(queues)
+}
+
+/// Every registered consumer with the configuration it runs with; every problem at once.
+fn resolve<C: KqConfig>(
+    config: &C,
+) -> Result<Vec<(&'static ConsumerRegistration, KqConf)>, Vec<String>> {
+    let registrations = ConsumerRegistration::all();
+    let mut consumers = Vec::new();
+    let mut problems = Vec::new();
     for (i, registration) in registrations.iter().enumerate() {
-        let at = format!(
-            "consumer `{}` ({}:{})",
-            registration.name, registration.file, registration.line
-        );
+        let at = located(registration);
         if let Some(first) = registrations[..i]
             .iter()
             .find(|r| r.conf == registration.conf)
         {
             problems.push(format!(
-                "{at} and consumer `{}` ({}:{}) both consume with `{}`; give each its own KqConf block",
-                first.name, first.file, first.line, registration.conf
+                "{at} and {} both consume with `{}`; give each its own KqConf block",
+                located(first),
+                registration.conf
             ));
             continue;
         }
-        let Some(conf) = config.kq_conf(registration.conf) else {
-            let known: Vec<_> = config.kq_confs().into_keys().collect();
-            problems.push(format!(
-                "{at} consumes with `{}`, which is not a KqConf field of `{}` (KqConf fields: {})",
-                registration.conf,
-                std::any::type_name::<C>(),
-                if known.is_empty() {
-                    "none".to_owned()
-                } else {
-                    known.join(", ")
-                }
-            ));
-            continue;
-        };
-        match registration.bind(context.clone()) {
-            Ok(handler) => queues.push(Queue::new(
-                registration.name,
-                registration.conf(conf),
-                handler,
-            )),
-            Err(e) => problems.push(format!("{at}: {e}")),
+        match config.kq_conf(registration.conf) {
+            Some(conf) => consumers.push((*registration, registration.conf(conf))),
+            None => {
+                let known: Vec<_> = config.kq_confs().into_keys().collect();
+                problems.push(format!(
+                    "{at} consumes with `{}`, which is not a KqConf field of `{}` (KqConf fields: {})",
+                    registration.conf,
+                    std::any::type_name::<C>(),
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ));
+            }
         }
     }
     if problems.is_empty() {
-        if queues.is_empty() {
-            tracing::warn!("no consumer is registered with #[kq::consumer]");
-        }
-        Ok(queues)
+        Ok(consumers)
     } else {
         Err(problems)
     }
+}
+
+fn located(registration: &ConsumerRegistration) -> String {
+    format!(
+        "consumer `{}` ({}:{})",
+        registration.name, registration.file, registration.line
+    )
+}
+
+/// `--check`: the config is valid; one line per consumer.
+fn print_check(file: &Path, consumers: &[(&'static ConsumerRegistration, KqConf)]) {
+    println!("{}: ok, {} consumer(s)", file.display(), consumers.len());
+    for (registration, conf) in consumers {
+        println!(
+            "{}\tconf {}\ttopic {}\tgroup {}\tbrokers {}\t{}:{}",
+            registration.name,
+            registration.conf,
+            conf.topic,
+            conf.group,
+            conf.brokers.join(","),
+            registration.file,
+            registration.line
+        );
+    }
+}
+
+/// `--describe`: the service's topology as an AsyncAPI 2.6 document (JSON). Each consumer is
+/// an operation on its topic's channel that the service receives (`publish` in AsyncAPI 2's
+/// terms, seen from the outside), each pusher one it sends (`subscribe`).
+pub fn describe<C: KqConfig>(
+    title: &str,
+    config: &C,
+    consumers: &[(&'static ConsumerRegistration, KqConf)],
+) -> String {
+    use serde_json::{json, Map, Value};
+
+    let mut servers = Map::new();
+    let mut channels: Map<String, Value> = Map::new();
+    let mut server_of = |brokers: &[String]| {
+        let url = brokers.join(",");
+        let existing = servers
+            .iter()
+            .find(|(_, s)| s["url"] == url.as_str())
+            .map(|(name, _)| name.clone());
+        existing.unwrap_or_else(|| {
+            let name = format!("kafka{}", servers.len() + 1);
+            servers.insert(name.clone(), json!({"url": url, "protocol": "kafka"}));
+            name
+        })
+    };
+    for (registration, conf) in consumers {
+        let server = server_of(&conf.brokers);
+        let channel = channels
+            .entry(conf.topic.clone())
+            .or_insert_with(|| json!({"servers": [server]}));
+        channel["publish"] = json!({
+            "operationId": registration.name,
+            "summary": format!("consumed by {} ({})", registration.name, registration.module_path),
+            "bindings": {"kafka": {
+                "groupId": {"type": "string", "enum": [conf.group]},
+                "clientId": {"type": "string", "enum": [conf.name]},
+            }},
+            "x-kq-conf": registration.conf,
+        });
+    }
+    for field in config.kq_fields() {
+        if let Some(pusher) = field.value.downcast_ref::<crate::conf::PusherConf>() {
+            let server = server_of(&pusher.brokers);
+            let channel = channels
+                .entry(pusher.topic.clone())
+                .or_insert_with(|| json!({"servers": [server]}));
+            channel["subscribe"] = json!({
+                "operationId": field.rust_name,
+                "summary": format!("pushed by the pusher configured in {}", field.serde_name),
+            });
+        }
+    }
+    let document = json!({
+        "asyncapi": "2.6.0",
+        "info": {"title": title, "version": "unversioned"},
+        "servers": servers,
+        "channels": channels,
+    });
+    serde_json::to_string_pretty(&document).unwrap_or_default()
 }
 
 /// How `kq::main!` accepts a state builder returning either `S` or `Result<S, E>`: method

@@ -455,3 +455,55 @@ fn killed_consumers_lose_nothing_and_keep_key_order() {
         }
     }
 }
+
+#[test]
+fn check_validates_and_lists_the_consumers_without_running() {
+    let output = Command::new(SERVICE)
+        .arg("--check")
+        .current_dir(package_dir())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<_> = stdout.lines().collect();
+    assert_eq!(lines[0], "etc/mq.yaml: ok, 1 consumer(s)", "{stdout}");
+    assert!(
+        lines[1].starts_with("payment_success\tconf KqConsumerConf\ttopic payment-success\tgroup kqConsumer\tbrokers embedded\t"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("PaymentSuccess key"),
+        "nothing ran: {stdout}"
+    );
+
+    // A bad file fails the check as it fails a start.
+    let file = seed_with("check", "Processors: 8", "Processors: 0");
+    let output = Command::new(SERVICE)
+        .arg("--check")
+        .arg("-f")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_config_error(&output, &file, &["KqConsumerConf.Processors"]);
+}
+
+#[test]
+fn describe_prints_the_topology_as_asyncapi() {
+    let output = Command::new(SERVICE)
+        .arg("--describe")
+        .current_dir(package_dir())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let document: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(document["asyncapi"], "2.6.0");
+    assert_eq!(document["servers"]["kafka1"]["url"], "embedded");
+    let channel = &document["channels"]["payment-success"];
+    assert_eq!(channel["publish"]["operationId"], "payment_success");
+    assert_eq!(channel["publish"]["x-kq-conf"], "KqConsumerConf");
+    assert_eq!(
+        channel["publish"]["bindings"]["kafka"]["groupId"]["enum"][0],
+        "kqConsumer"
+    );
+    assert_eq!(channel["subscribe"]["operationId"], "kq_pusher_conf");
+}
