@@ -75,9 +75,14 @@ where
         .check()
         .map_err(|problems| Failure::config(LoadError::new(file, problems.join("; "))))?;
     if args.mode != Mode::Run {
-        let consumers = resolve(&config).map_err(|problems| {
-            Failure::config(format!("{}: {}", file.display(), problems.join("; ")))
-        })?;
+        let (consumers, problems) = resolve(&config);
+        if !problems.is_empty() {
+            return Err(Failure::config(format!(
+                "{}: {}",
+                file.display(),
+                problems.join("; ")
+            )));
+        }
         match args.mode {
             Mode::Check => print_check(file, &consumers),
             _ => println!("{}", describe(&binary_name(), &config, &consumers)),
@@ -194,9 +199,8 @@ pub fn registered_queues<C: KqConfig>(
     config: &C,
     context: &HandlerContext,
 ) -> Result<Vec<Queue>, Vec<String>> {
-    let consumers = resolve(config)?;
+    let (consumers, mut problems) = resolve(config);
     let mut queues = Vec::new();
-    let mut problems = Vec::new();
     for (registration, conf) in consumers {
         match registration.bind(context.clone()) {
             Ok(handler) => queues.push(Queue::new(registration.name, conf, handler)),
@@ -212,10 +216,9 @@ pub fn registered_queues<C: KqConfig>(
     Ok(queues)
 }
 
-/// Every registered consumer with the configuration it runs with; every problem at once.
-fn resolve<C: KqConfig>(
-    config: &C,
-) -> Result<Vec<(&'static ConsumerRegistration, KqConf)>, Vec<String>> {
+/// Every registered consumer whose conf was found, with the configuration it runs with, and
+/// every problem with the others.
+fn resolve<C: KqConfig>(config: &C) -> (Vec<(&'static ConsumerRegistration, KqConf)>, Vec<String>) {
     let registrations = ConsumerRegistration::all();
     let mut consumers = Vec::new();
     let mut problems = Vec::new();
@@ -249,11 +252,7 @@ fn resolve<C: KqConfig>(
             }
         }
     }
-    if problems.is_empty() {
-        Ok(consumers)
-    } else {
-        Err(problems)
-    }
+    (consumers, problems)
 }
 
 fn located(registration: &ConsumerRegistration) -> String {
