@@ -43,6 +43,16 @@ impl Seen {
             .collect()
     }
 
+    /// Records a value alone, for handlers that only care what arrived.
+    fn record_value(&self, value: impl Into<String>) {
+        self.records.lock().unwrap().push(Record {
+            key: String::new(),
+            value: value.into(),
+            partition: 0,
+            offset: 0,
+        });
+    }
+
     fn attempt(&self, value: &str) -> usize {
         let mut attempts = self.attempts.lock().unwrap();
         let n = attempts.entry(value.to_owned()).or_default();
@@ -246,12 +256,7 @@ async fn flaky(seen: kq::State<Seen>, _key: &str, value: &str) -> anyhow::Result
         "third-time-lucky" if attempt < 3 => anyhow::bail!("not yet"),
         _ => {}
     }
-    seen.records.lock().unwrap().push(Record {
-        key: String::new(),
-        value: value.to_owned(),
-        partition: 0,
-        offset: 0,
-    });
+    seen.record_value(value);
     Ok(())
 }
 
@@ -314,12 +319,7 @@ async fn failures_are_retried_reported_and_committed_past() {
 
 #[kq::consumer(conf = "Decoded")]
 async fn decoded(seen: kq::State<Seen>, kq::Json(payment): kq::Json<Payment>) {
-    seen.records.lock().unwrap().push(Record {
-        key: String::new(),
-        value: payment.order,
-        partition: 0,
-        offset: 0,
-    });
+    seen.record_value(payment.order);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -365,12 +365,7 @@ async fn an_undecodable_payload_goes_through_the_error_policy() {
 
 #[kq::consumer(conf = "Resumed")]
 async fn resumed(seen: kq::State<Seen>, _key: &str, value: &str) {
-    seen.records.lock().unwrap().push(Record {
-        key: String::new(),
-        value: value.to_owned(),
-        partition: 0,
-        offset: 0,
-    });
+    seen.record_value(value);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,12 +413,7 @@ static STARTED: AtomicUsize = AtomicUsize::new(0);
 async fn slow(seen: kq::State<Seen>, _key: &str, value: &str) {
     STARTED.fetch_add(1, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    seen.records.lock().unwrap().push(Record {
-        key: String::new(),
-        value: value.to_owned(),
-        partition: 0,
-        offset: 0,
-    });
+    seen.record_value(value);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
