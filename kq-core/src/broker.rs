@@ -54,9 +54,13 @@ impl Connection<'_> {
         Ok(config)
     }
 
-    /// Whether this connection goes to the embedded broker.
-    pub fn is_embedded(&self) -> bool {
-        is_embedded(self.brokers)
+    /// Creates `topic` on first use when this connection goes to the embedded broker; a
+    /// cluster's topics are the cluster's business.
+    pub fn ensure_embedded_topic(&self, topic: &str) -> Result<(), Error> {
+        if is_embedded(self.brokers) {
+            EmbeddedBroker::get()?.create_topic(topic, EMBEDDED_PARTITIONS)?;
+        }
+        Ok(())
     }
 }
 

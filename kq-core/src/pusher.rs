@@ -14,7 +14,7 @@ use rdkafka::producer::{
 };
 use tokio::sync::oneshot;
 
-use crate::broker::{Connection, EmbeddedBroker, EMBEDDED_PARTITIONS};
+use crate::broker::Connection;
 use crate::conf::PusherConf;
 use crate::error::Error;
 
@@ -222,13 +222,11 @@ impl Pusher {
             username: &conf.username,
             password: &conf.password,
         };
-        if connection.is_embedded() {
-            EmbeddedBroker::get()?.create_topic(&conf.topic, EMBEDDED_PARTITIONS)?;
-        }
+        connection.ensure_embedded_topic(&conf.topic)?;
         let linger = if conf.sync_push {
             0
         } else {
-            millis(conf.flush_interval)
+            conf.flush_interval.as_millis()
         };
         let mut config = connection.client_config()?;
         config
@@ -247,7 +245,7 @@ impl Pusher {
             .set("compression.codec", conf.compression.keyword())
             .set(
                 "message.timeout.ms",
-                millis(conf.message_timeout).max(1).to_string(),
+                conf.message_timeout.as_millis().max(1).to_string(),
             )
             .set(
                 "allow.auto.create.topics",
@@ -443,10 +441,6 @@ impl Pusher {
             }),
         }
     }
-}
-
-fn millis(duration: Duration) -> u128 {
-    duration.as_millis()
 }
 
 /// go-queue keys keyless pushes with the current time in nanoseconds.

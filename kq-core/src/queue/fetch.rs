@@ -26,7 +26,7 @@ use super::offsets::PartitionState;
 use super::processor;
 use super::rebalance::{Member, MemberContext};
 use super::QueueShared;
-use crate::broker::{Connection, EmbeddedBroker, EMBEDDED_PARTITIONS};
+use crate::broker::Connection;
 use crate::conf::KqConf;
 use crate::error::Error;
 use crate::message::Message;
@@ -109,9 +109,7 @@ fn consumer_config(conf: &KqConf) -> Result<ClientConfig, Error> {
         username: &conf.username,
         password: &conf.password,
     };
-    if connection.is_embedded() {
-        EmbeddedBroker::get()?.create_topic(&conf.topic, EMBEDDED_PARTITIONS)?;
-    }
+    connection.ensure_embedded_topic(&conf.topic)?;
     let mut config = connection.client_config()?;
     config
         .set("group.id", &conf.group)
@@ -200,7 +198,6 @@ impl FetchLoop {
                         }
                     }
                     Some(Err(e)) => {
-                        self.dispatcher.flush();
                         self.back_off(e);
                         break;
                     }

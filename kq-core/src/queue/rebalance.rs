@@ -82,7 +82,7 @@ impl Member {
 
 /// Waits until no handler of these partitions runs, for at most `timeout`; returns how many
 /// still run.
-pub(crate) fn wait_for_running(states: &[Arc<PartitionState>], timeout: Duration) -> usize {
+fn wait_for_running(states: &[Arc<PartitionState>], timeout: Duration) -> usize {
     let deadline = Instant::now() + timeout;
     loop {
         let running: usize = states.iter().map(|s| s.running()).sum();
