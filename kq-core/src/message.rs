@@ -73,7 +73,12 @@ impl Message {
         self
     }
 
-    pub(crate) fn from_kafka(topic: Arc<str>, record: &BorrowedMessage<'_>) -> Self {
+    /// Copies a record out of librdkafka into `bytes`, a buffer whose contents are replaced.
+    pub(crate) fn from_kafka(
+        topic: Arc<str>,
+        record: &BorrowedMessage<'_>,
+        mut bytes: Vec<u8>,
+    ) -> Self {
         let headers = match record.headers() {
             Some(headers) => Headers(
                 headers
@@ -87,7 +92,8 @@ impl Message {
         let value = record.payload();
         let key_bytes = key.unwrap_or_default();
         let value_bytes = value.unwrap_or_default();
-        let mut bytes = Vec::with_capacity(key_bytes.len() + value_bytes.len());
+        bytes.clear();
+        bytes.reserve(key_bytes.len() + value_bytes.len());
         bytes.extend_from_slice(key_bytes);
         bytes.extend_from_slice(value_bytes);
         Message {
@@ -101,6 +107,11 @@ impl Message {
             has_value: value.is_some(),
             headers,
         }
+    }
+
+    /// Gives the key and value buffer back for reuse.
+    pub(crate) fn into_bytes(self) -> Vec<u8> {
+        self.bytes
     }
 
     /// The topic the message was read from.

@@ -7,31 +7,34 @@ use std::sync::Arc;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::Mutex;
 
+use super::buffers::BufferPool;
 use super::offsets::PartitionState;
 use crate::conf::Ordering;
 use crate::message::Message;
 
-/// A message on its way to a processor, with the partition state it reports back to. It
-/// counts as in flight from `dispatch` until its processor is done with it.
-pub(crate) struct Job {
-    pub msg: Message,
+/// Consecutive messages of one partition on their way to a processor, with the partition
+/// state they report back to: one shared reference per run rather than per message. Each
+/// message counts as in flight from `dispatch` until its processor is done with it.
+pub(crate) struct Run {
     pub partition: Arc<PartitionState>,
+    pub msgs: Vec<Message>,
 }
 
-/// Jobs sent to a lane together, in order.
-pub(crate) type Batch = Vec<Job>;
+/// Runs sent to a lane together, in order.
+pub(crate) type Batch = Vec<Run>;
 
 /// Where a processor takes its jobs from, and the member's in-flight count it releases.
 pub(crate) struct Lane {
     jobs: LaneJobs,
     in_flight: Arc<AtomicUsize>,
+    buffers: Arc<BufferPool>,
 }
 
 enum LaneJobs {
     /// Its own queue: the jobs routed to it, in order.
     Own(UnboundedReceiver<Batch>),
-    /// A queue shared by every processor (no ordering); its batches hold one job each, so
-    /// that any free processor takes the next message.
+    /// A queue shared by every processor (no ordering); its batches hold one message each,
+    /// so that any free processor takes the next message.
     Shared(Arc<Mutex<UnboundedReceiver<Batch>>>),
 }
 
@@ -43,18 +46,23 @@ impl Lane {
         }
     }
 
-    /// Releases a job's place in the queue, whatever became of it.
-    pub fn done(&self) {
-        self.in_flight.fetch_sub(1, AtomicOrdering::AcqRel);
+    /// Releases the places in the queue of messages done with, whatever became of them, and
+    /// hands their buffers back to the fetch thread.
+    pub fn done(&self, buffers: &mut Vec<Vec<u8>>) {
+        self.in_flight
+            .fetch_sub(buffers.len(), AtomicOrdering::AcqRel);
+        self.buffers.put_all(buffers);
     }
 }
 
-/// The sending side of the lanes. Jobs gather per lane until `flush`.
+/// The sending side of the lanes. Messages gather per lane until `flush`.
 pub(crate) struct Dispatcher {
     lanes: Vec<UnboundedSender<Batch>>,
     pending: Vec<Batch>,
-    /// Offsets dispatched since the last flush, in dispatch order, to record as fetched.
-    fetched: Vec<(Arc<PartitionState>, i64)>,
+    /// The partition of the offsets in `fetched`.
+    fetched_partition: Option<Arc<PartitionState>>,
+    /// Offsets of one partition dispatched and not yet recorded as fetched, ascending.
+    fetched: Vec<i64>,
     ordering: Ordering,
     in_flight: Arc<AtomicUsize>,
 }
@@ -65,10 +73,12 @@ impl Dispatcher {
         processors: usize,
         ordering: Ordering,
         in_flight: Arc<AtomicUsize>,
+        buffers: Arc<BufferPool>,
     ) -> (Self, Vec<Lane>) {
         let lane = |jobs| Lane {
             jobs,
             in_flight: in_flight.clone(),
+            buffers: buffers.clone(),
         };
         let (lanes, receivers) = if ordering == Ordering::None {
             let (tx, rx) = unbounded_channel();
@@ -87,6 +97,7 @@ impl Dispatcher {
         };
         let dispatcher = Dispatcher {
             pending: (0..lanes.len()).map(|_| Vec::new()).collect(),
+            fetched_partition: None,
             fetched: Vec::new(),
             lanes,
             ordering,
@@ -101,16 +112,34 @@ impl Dispatcher {
     }
 
     /// Adds the message to its lane's next batch.
-    pub fn dispatch(&mut self, partition: Arc<PartitionState>, msg: Message) {
-        let lane = self.lane_of(&msg);
+    pub fn dispatch(&mut self, partition: &Arc<PartitionState>, msg: Message) {
         self.in_flight.fetch_add(1, AtomicOrdering::AcqRel);
-        self.fetched.push((partition.clone(), msg.offset()));
-        let job = Job { msg, partition };
+        let same_partition = self
+            .fetched_partition
+            .as_ref()
+            .is_some_and(|p| Arc::ptr_eq(p, partition));
+        if !same_partition {
+            self.record_fetched();
+            self.fetched_partition = Some(partition.clone());
+        }
+        self.fetched.push(msg.offset());
         if self.ordering == Ordering::None {
             self.record_fetched();
-            self.send(0, vec![job]);
-        } else {
-            self.pending[lane].push(job);
+            let run = Run {
+                partition: partition.clone(),
+                msgs: vec![msg],
+            };
+            self.send(0, vec![run]);
+            return;
+        }
+        let lane = self.lane_of(&msg);
+        let lane = &mut self.pending[lane];
+        match lane.last_mut() {
+            Some(run) if Arc::ptr_eq(&run.partition, partition) => run.msgs.push(msg),
+            _ => lane.push(Run {
+                partition: partition.clone(),
+                msgs: vec![msg],
+            }),
         }
     }
 
@@ -125,25 +154,17 @@ impl Dispatcher {
         }
     }
 
-    /// Records dispatched offsets in their partitions' trackers before any processor can
+    /// Records dispatched offsets in their partition's tracker, before any processor can
     /// finish them: one lock per run of offsets from the same partition.
     fn record_fetched(&mut self) {
-        let mut offsets = Vec::new();
-        let mut fetched = std::mem::take(&mut self.fetched).into_iter().peekable();
-        while let Some((partition, offset)) = fetched.next() {
-            offsets.push(offset);
-            let same_next = fetched
-                .peek()
-                .is_some_and(|(next, _)| Arc::ptr_eq(next, &partition));
-            if !same_next {
-                partition.fetched_all(&offsets);
-                offsets.clear();
-            }
+        if let Some(partition) = &self.fetched_partition {
+            partition.fetched_all(&self.fetched);
         }
+        self.fetched.clear();
     }
 
     fn send(&self, lane: usize, batch: Batch) {
-        // A lane's receiver lives as long as the queue runs; a failed send drops the jobs,
+        // A lane's receiver lives as long as the queue runs; a failed send drops the messages,
         // which leaves their offsets below the watermark, to be delivered again.
         let _ = self.lanes[lane].send(batch);
     }
@@ -175,7 +196,8 @@ mod tests {
     use super::*;
 
     fn route(ordering: Ordering, msgs: &[Message]) -> Vec<usize> {
-        let (dispatcher, _lanes) = Dispatcher::new(8, ordering, Arc::new(AtomicUsize::new(0)));
+        let (dispatcher, _lanes) =
+            Dispatcher::new(8, ordering, Arc::new(AtomicUsize::new(0)), Arc::default());
         msgs.iter().map(|m| dispatcher.lane_of(m)).collect()
     }
 

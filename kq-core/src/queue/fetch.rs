@@ -62,6 +62,7 @@ pub(crate) fn spawn_member(
         conf.processors,
         conf.effective_ordering(),
         member.in_flight.clone(),
+        member.buffers.clone(),
     );
     for lane in lanes {
         tokio::spawn(processor::run(queue.clone(), lane, shutdown.clone()));
@@ -75,6 +76,7 @@ pub(crate) fn spawn_member(
         dispatcher,
         shutdown,
         held: None,
+        spare_buffers: Vec::new(),
         last_partition: None,
         last_commit: Instant::now(),
         errors_in_a_row: 0,
@@ -143,6 +145,27 @@ fn consumer_config(conf: &KqConf) -> Result<ClientConfig, Error> {
     Ok(config)
 }
 
+/// The current state of a partition; the last one is kept in `last`, as consecutive messages
+/// mostly come from the same partition.
+fn partition_state<'a>(
+    member: &Member,
+    last: &'a mut Option<Arc<PartitionState>>,
+    partition: i32,
+) -> &'a Arc<PartitionState> {
+    let state = match last.take() {
+        Some(state) if state.partition() == partition && !state.is_revoked() => state,
+        _ => member.partition(partition),
+    };
+    last.insert(state)
+}
+
+/// Room for one more message: the member's in-flight count and the partition's uncommitted
+/// window are both under `QueueCapacity`.
+fn has_room(member: &Member, dispatcher: &Dispatcher, partition: &PartitionState) -> bool {
+    let capacity = member.queue.conf.queue_capacity;
+    dispatcher.in_flight() < capacity && partition.window_len() < capacity
+}
+
 struct FetchLoop {
     member: Arc<Member>,
     consumer: BaseConsumer<MemberContext>,
@@ -150,6 +173,8 @@ struct FetchLoop {
     shutdown: Shutdown,
     /// The message polled while there was no room; nothing more is polled until it goes.
     held: Option<(Arc<PartitionState>, Message)>,
+    /// Buffers taken back from the processors, to copy the next messages into.
+    spare_buffers: Vec<Vec<u8>>,
     last_partition: Option<Arc<PartitionState>>,
     last_commit: Instant,
     errors_in_a_row: u32,
@@ -169,8 +194,8 @@ impl FetchLoop {
             if let Some((partition, msg)) = self.held.take() {
                 if partition.is_revoked() {
                     // Fetched under an assignment that is gone; the next owner reads it again.
-                } else if self.has_room(&partition) {
-                    self.dispatcher.dispatch(partition, msg);
+                } else if has_room(&self.member, &self.dispatcher, &partition) {
+                    self.dispatcher.dispatch(&partition, msg);
                     self.dispatcher.flush();
                 } else {
                     self.held = Some((partition, msg));
@@ -187,13 +212,21 @@ impl FetchLoop {
                     None => break,
                     Some(Ok(record)) => {
                         self.errors_in_a_row = 0;
-                        let msg = Message::from_kafka(self.member.topic.clone(), &record);
+                        if self.spare_buffers.is_empty() {
+                            self.member.buffers.take_all(&mut self.spare_buffers);
+                        }
+                        let buffer = self.spare_buffers.pop().unwrap_or_default();
+                        let msg = Message::from_kafka(self.member.topic.clone(), &record, buffer);
                         drop(record);
-                        let partition = self.partition(msg.partition());
-                        if self.has_room(&partition) {
+                        let partition = partition_state(
+                            &self.member,
+                            &mut self.last_partition,
+                            msg.partition(),
+                        );
+                        if has_room(&self.member, &self.dispatcher, partition) {
                             self.dispatcher.dispatch(partition, msg);
                         } else {
-                            self.held = Some((partition, msg));
+                            self.held = Some((partition.clone(), msg));
                             break;
                         }
                     }
@@ -215,26 +248,6 @@ impl FetchLoop {
             "consumer stopped"
         );
         Ok(())
-    }
-
-    /// The current state of a partition; the last one is cached, as consecutive messages
-    /// mostly come from the same partition.
-    fn partition(&mut self, partition: i32) -> Arc<PartitionState> {
-        if let Some(last) = &self.last_partition {
-            if last.partition() == partition && !last.is_revoked() {
-                return last.clone();
-            }
-        }
-        let state = self.member.partition(partition);
-        self.last_partition = Some(state.clone());
-        state
-    }
-
-    /// Room for one more message: the member's in-flight count and the partition's
-    /// uncommitted window are both under `QueueCapacity`.
-    fn has_room(&self, partition: &PartitionState) -> bool {
-        let capacity = self.member.queue.conf.queue_capacity;
-        self.dispatcher.in_flight() < capacity && partition.window_len() < capacity
     }
 
     fn back_off(&mut self, error: KafkaError) {

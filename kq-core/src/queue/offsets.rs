@@ -83,20 +83,25 @@ impl PartitionState {
         true
     }
 
-    /// Marks a started offset as done and slides the watermark past every done offset in
+    /// Marks started offsets as done and slides the watermark past every done offset in
     /// front.
-    pub fn finish(&self, offset: i64) {
+    pub fn finish_all(&self, offsets: &[i64]) {
+        if offsets.is_empty() {
+            return;
+        }
         {
             let mut p = self.progress();
-            if let Some(i) = position(&p.window, offset) {
-                p.window[i].1 = true;
+            for &offset in offsets {
+                if let Some(i) = position(&p.window, offset) {
+                    p.window[i].1 = true;
+                }
             }
             while matches!(p.window.front(), Some((_, true))) {
                 p.window.pop_front();
             }
             self.window_len.store(p.window.len(), Ordering::Release);
         }
-        self.running.fetch_sub(1, Ordering::SeqCst);
+        self.running.fetch_sub(offsets.len(), Ordering::SeqCst);
     }
 
     /// Gives up a started offset without finishing it, so the watermark stays below it and it
@@ -176,11 +181,11 @@ mod tests {
         let state = fetched(10..15);
         for o in (11..15).rev() {
             assert!(state.start());
-            state.finish(o);
+            state.finish_all(&[o]);
             assert_eq!(state.watermark(), Some(10), "after finishing {o}");
         }
         assert!(state.start());
-        state.finish(10);
+        state.finish_all(&[10]);
         assert_eq!(state.watermark(), Some(15));
         assert_eq!(state.window_len(), 0);
         assert_eq!(state.running(), 0);
@@ -193,11 +198,11 @@ mod tests {
         for _ in 0..4 {
             assert!(state.start());
         }
-        state.finish(7);
-        state.finish(3);
+        state.finish_all(&[7]);
+        state.finish_all(&[3]);
         assert_eq!(state.watermark(), Some(8));
-        state.finish(20);
-        state.finish(8);
+        state.finish_all(&[20]);
+        state.finish_all(&[8]);
         assert_eq!(state.watermark(), Some(21));
     }
 
@@ -207,8 +212,8 @@ mod tests {
         assert_eq!(state.take_commit(), Some(0));
         assert_eq!(state.take_commit(), None);
         assert!(state.start() && state.start());
-        state.finish(0);
-        state.finish(1);
+        state.finish_all(&[0]);
+        state.finish_all(&[1]);
         assert_eq!(state.take_commit(), Some(2));
         assert_eq!(state.take_commit(), None);
     }
@@ -220,7 +225,7 @@ mod tests {
         state.revoke();
         assert!(!state.start());
         assert_eq!(state.running(), 1);
-        state.finish(0);
+        state.finish_all(&[0]);
         assert_eq!(state.running(), 0);
         assert_eq!(state.watermark(), Some(1));
     }
@@ -230,7 +235,7 @@ mod tests {
         let state = fetched(0..2);
         assert!(state.start());
         assert!(state.start());
-        state.finish(1);
+        state.finish_all(&[1]);
         state.abandon();
         assert_eq!(state.running(), 0);
         assert_eq!(state.watermark(), Some(0));

@@ -2,14 +2,18 @@
 //! then the dead-letter topic, then commit past it (`ForceCommit: true`) or hold the
 //! partition and keep trying (`ForceCommit: false`). A panic is a failure like any other.
 
+use std::future::{poll_fn, Future as _};
 use std::panic::AssertUnwindSafe;
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt as _;
 use rdkafka::message::{Header, OwnedHeaders};
 
-use super::dispatch::{Job, Lane};
+use super::dispatch::Lane;
+use super::offsets::PartitionState;
 use super::{Outcome, QueueShared};
 use crate::handler::{HandlerError, HandlerErrorKind};
 use crate::message::Message;
@@ -38,26 +42,60 @@ enum Settled {
     Abandoned,
 }
 
-/// Runs jobs from one lane, one at a time, until the lane closes.
+/// Runs messages from one lane, one at a time, until the lane closes.
 pub(crate) async fn run(queue: Arc<QueueShared>, mut lane: Lane, shutdown: Shutdown) {
+    // Offsets done and not yet reported to their partition: reported once per run of
+    // messages, or before waiting on a handler, rather than one lock per message.
+    let mut finished = Vec::new();
+    // Buffers of the messages done with, for their lane to release.
+    let mut released = Vec::new();
     while let Some(batch) = lane.next().await {
-        for job in batch {
-            // Revoked or stopping: a message that has not started belongs to whoever consumes
-            // the partition next.
-            if job.partition.start() {
-                match settle(&queue, &job, &shutdown).await {
-                    Settled::Done => job.partition.finish(job.msg.offset()),
-                    Settled::Abandoned => job.partition.abandon(),
+        for run in batch {
+            let partition = &run.partition;
+            for msg in run.msgs {
+                // Revoked or stopping: a message that has not started belongs to whoever
+                // consumes the partition next.
+                if partition.start() {
+                    let mut settling = pin!(settle(&queue, partition, &msg, &shutdown));
+                    let settled = match poll_fn(|cx| Poll::Ready(settling.as_mut().poll(cx))).await
+                    {
+                        Poll::Ready(settled) => settled,
+                        Poll::Pending => {
+                            // The handler waits: what is done must not wait behind it.
+                            report(partition, &mut finished, &lane, &mut released);
+                            settling.await
+                        }
+                    };
+                    match settled {
+                        Settled::Done => finished.push(msg.offset()),
+                        Settled::Abandoned => partition.abandon(),
+                    }
                 }
+                released.push(msg.into_bytes());
             }
-            drop(job);
-            lane.done();
+            report(partition, &mut finished, &lane, &mut released);
         }
     }
 }
 
-async fn settle(queue: &QueueShared, job: &Job, shutdown: &Shutdown) -> Settled {
-    let msg = &job.msg;
+/// Marks `finished` offsets done in their partition and releases the messages done with.
+fn report(
+    partition: &PartitionState,
+    finished: &mut Vec<i64>,
+    lane: &Lane,
+    released: &mut Vec<Vec<u8>>,
+) {
+    partition.finish_all(finished);
+    finished.clear();
+    lane.done(released);
+}
+
+async fn settle(
+    queue: &QueueShared,
+    partition: &PartitionState,
+    msg: &Message,
+    shutdown: &Shutdown,
+) -> Settled {
     let policy = &queue.conf.retry;
     let mut attempt: u32 = 1;
     loop {
@@ -85,7 +123,7 @@ async fn settle(queue: &QueueShared, job: &Job, shutdown: &Shutdown) -> Settled 
                 error = %error,
                 "handler failed, retrying"
             );
-            if !wait_unless_stopped(wait, job, shutdown).await {
+            if !wait_unless_stopped(wait, partition, shutdown).await {
                 return Settled::Abandoned;
             }
             attempt += 1;
@@ -137,7 +175,7 @@ async fn settle(queue: &QueueShared, job: &Job, shutdown: &Shutdown) -> Settled 
             retry_in = ?policy.max_backoff,
             "holding the partition's commits at this message until it succeeds (ForceCommit: false)"
         );
-        if !wait_unless_stopped(policy.max_backoff, job, shutdown).await {
+        if !wait_unless_stopped(policy.max_backoff, partition, shutdown).await {
             return Settled::Abandoned;
         }
         attempt = attempt.saturating_add(1);
@@ -170,11 +208,15 @@ fn backoff(initial: Duration, max: Duration, attempt: u32) -> Duration {
 
 /// Sleeps, but wakes early and returns `false` when the service stops or the partition is
 /// revoked, so that a retrying message never delays a rebalance or a shutdown.
-async fn wait_unless_stopped(wait: Duration, job: &Job, shutdown: &Shutdown) -> bool {
+async fn wait_unless_stopped(
+    wait: Duration,
+    partition: &PartitionState,
+    shutdown: &Shutdown,
+) -> bool {
     const SLICE: Duration = Duration::from_millis(50);
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        if shutdown.is_triggered() || job.partition.is_revoked() {
+        if shutdown.is_triggered() || partition.is_revoked() {
             return false;
         }
         let now = tokio::time::Instant::now();

@@ -11,6 +11,7 @@ use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
 use rdkafka::TopicPartitionList;
 
+use super::buffers::BufferPool;
 use super::commit;
 use super::offsets::PartitionState;
 use super::QueueShared;
@@ -22,6 +23,8 @@ pub(crate) struct Member {
     pub index: usize,
     /// Messages dispatched and not yet dropped (finished, abandoned or skipped).
     pub in_flight: Arc<AtomicUsize>,
+    /// Buffers of handled messages, for the next ones.
+    pub buffers: Arc<BufferPool>,
     partitions: Mutex<HashMap<i32, Arc<PartitionState>>>,
 }
 
@@ -32,6 +35,7 @@ impl Member {
             queue,
             index,
             in_flight: Arc::new(AtomicUsize::new(0)),
+            buffers: Arc::default(),
             partitions: Mutex::new(HashMap::new()),
         }
     }
