@@ -340,8 +340,8 @@ pub fn describe<C: KqConfig>(
 }
 
 /// How `kq::main!` accepts a state builder returning either `S` or `Result<S, E>`: method
-/// resolution on `(&&value).kq_state_kind()` picks [`ResultState`] for a `Result` and
-/// [`PlainState`] for anything else.
+/// resolution on `(&&value).kq_state_kind()` picks `ResultState` for a `Result` and
+/// `PlainState` for anything else.
 #[doc(hidden)]
 pub mod state_kind {
     use std::fmt::Display;

@@ -2,14 +2,14 @@
 //!
 //! A message travels through one module per stage:
 //!
-//! 1. [`fetch`]: each group member (`Conns`) polls librdkafka on a thread of its own, and
+//! 1. `fetch`: each group member (`Conns`) polls librdkafka on a thread of its own, and
 //!    stops polling instead of buffering when the queue is full;
-//! 2. [`dispatch`]: routes the message to a processor lane by key (per-key order);
-//! 3. [`processor`]: runs the handler under the error policy (retries, dead letters, panics);
-//! 4. [`offsets`]: tracks what is done per partition and yields the gap-free watermark;
-//! 5. [`commit`]: commits watermarks on an interval, and synchronously on revoke and shutdown;
+//! 2. `dispatch`: routes the message to a processor lane by key (per-key order);
+//! 3. `processor`: runs the handler under the error policy (retries, dead letters, panics);
+//! 4. `offsets`: tracks what is done per partition and yields the gap-free watermark;
+//! 5. `commit`: commits watermarks on an interval, and synchronously on revoke and shutdown;
 //!
-//! with [`rebalance`] draining revoked partitions before they are released, and [`buffers`]
+//! with `rebalance` draining revoked partitions before they are released, and `buffers`
 //! handing message buffers back from the processors to the fetch thread.
 
 mod buffers;
