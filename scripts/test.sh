@@ -17,6 +17,7 @@ if [[ ${1:-} == --real ]]; then
   echo "testing against the broker at $KQ_TEST_BROKERS"
 fi
 
-cargo nextest run --workspace --no-fail-fast
+# Every feature on, so that the optional integrations (OpenTelemetry) are tested too.
+cargo nextest run --workspace --all-features --no-fail-fast
 # nextest does not run doc tests.
-cargo test --workspace --doc
+cargo test --workspace --all-features --doc

@@ -224,10 +224,33 @@ async fn json_payloads_headers_and_message_details_reach_the_handler() {
         )
         .await
         .expect("push json");
+    // Headers ride on every push path: JSON, and keyless values too.
+    pusher
+        .message_json(&Payment {
+            order: "o-3".into(),
+            cents: 7,
+        })
+        .expect("encodes")
+        .key("o-3")
+        .header("trace-id", "def")
+        .send()
+        .await
+        .expect("push json with headers");
+    let keyless = serde_json::to_vec(&Payment {
+        order: "o-4".into(),
+        cents: 9,
+    })
+    .unwrap();
+    pusher
+        .message(&keyless)
+        .header("trace-id", "ghi")
+        .send()
+        .await
+        .expect("push keyless with headers");
 
     let seen = Arc::new(Seen::default());
     let running = Running::start("record_payment", consumer_conf(&topic), &seen);
-    assert!(eventually(WAIT, || seen.count() >= 2).await);
+    assert!(eventually(WAIT, || seen.count() >= 4).await);
     running.stop().await;
 
     let records = seen.records.lock().unwrap().clone();
@@ -245,6 +268,18 @@ async fn json_payloads_headers_and_message_details_reach_the_handler() {
         .find(|r| r.key == "o-2")
         .expect("o-2 handled");
     assert_eq!(second.value, format!("o-2=5 trace=none topic={topic}"));
+    let values: Vec<&str> = records.iter().map(|r| r.value.as_str()).collect();
+    assert!(values.contains(&format!("o-3=7 trace=def topic={topic}").as_str()));
+    let keyless = records
+        .iter()
+        .find(|r| r.value.starts_with("o-4="))
+        .expect("o-4 handled");
+    assert_eq!(keyless.value, format!("o-4=9 trace=ghi topic={topic}"));
+    assert!(
+        keyless.key.parse::<u128>().is_ok(),
+        "a keyless push gets go-queue's time key, got {:?}",
+        keyless.key
+    );
 }
 
 #[kq::consumer(conf = "Flaky")]

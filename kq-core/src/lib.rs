@@ -17,6 +17,7 @@ pub mod pusher;
 pub mod queue;
 pub mod registry;
 pub mod service;
+mod trace;
 
 pub use broker::{create_topic, EmbeddedBroker};
 pub use conf::{
@@ -29,7 +30,7 @@ pub use handler::{
 };
 pub use load::{load_config, LoadError};
 pub use message::{Headers, Message};
-pub use pusher::{Delivery, DeliveryFailure, PushError, Pusher};
+pub use pusher::{Delivery, DeliveryFailure, Push, PushError, Pusher};
 pub use queue::{dead_letter_headers, ErrorHandler, Metrics, Outcome, Queue};
 pub use registry::{
     ConfigField, ConsumerRegistration, KqConfig, PolicyOverrides, RegisteredHandler,

@@ -1,6 +1,7 @@
 //! The producer: go-queue's `Pusher`, on librdkafka's own batching, with every delivery
 //! failure surfaced.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -273,12 +274,46 @@ impl Pusher {
         &self.inner.topic
     }
 
+    /// Starts a message with `value`, to add a key and headers to before [`Push::send`]:
+    /// the path for every push that carries headers.
+    ///
+    /// ```no_run
+    /// # async fn run(pusher: kq::Pusher) -> Result<(), kq::PushError> {
+    /// pusher
+    ///     .message("paid")
+    ///     .key("order-42")
+    ///     .header("source", "checkout")
+    ///     .send()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn message<'a, V: AsRef<[u8]> + ?Sized>(&'a self, value: &'a V) -> Push<'a> {
+        Push {
+            pusher: self,
+            key: None,
+            value: Cow::Borrowed(value.as_ref()),
+            headers: None,
+        }
+    }
+
+    /// Starts a message whose value is `value` encoded as JSON; see [`Pusher::message`].
+    pub fn message_json<T: serde::Serialize + ?Sized>(
+        &self,
+        value: &T,
+    ) -> Result<Push<'_>, PushError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| PushError::Encode(e.to_string()))?;
+        Ok(Push {
+            pusher: self,
+            key: None,
+            value: Cow::Owned(bytes),
+            headers: None,
+        })
+    }
+
     /// Pushes a value under a time-based key, as go-queue does, which spreads keyless pushes
     /// over the partitions.
     pub async fn push(&self, value: impl AsRef<[u8]>) -> Result<Option<Delivery>, PushError> {
-        let key = time_key();
-        self.send(Some(key.as_bytes()), Some(value.as_ref()), None)
-            .await
+        self.message(value.as_ref()).send().await
     }
 
     /// Pushes a value under `key`; every message with the same key goes to the same partition.
@@ -287,8 +322,7 @@ impl Pusher {
         key: impl AsRef<[u8]>,
         value: impl AsRef<[u8]>,
     ) -> Result<Option<Delivery>, PushError> {
-        self.send(Some(key.as_ref()), Some(value.as_ref()), None)
-            .await
+        self.message(value.as_ref()).key(key.as_ref()).send().await
     }
 
     /// go-queue's name for [`push_with_key`](Pusher::push_with_key).
@@ -307,15 +341,10 @@ impl Pusher {
         value: impl AsRef<[u8]>,
         headers: impl IntoIterator<Item = (&'h str, &'h [u8])>,
     ) -> Result<Option<Delivery>, PushError> {
-        let headers = headers
-            .into_iter()
-            .fold(OwnedHeaders::new(), |all, (name, value)| {
-                all.insert(Header {
-                    key: name,
-                    value: Some(value),
-                })
-            });
-        self.send(Some(key.as_ref()), Some(value.as_ref()), Some(headers))
+        self.message(value.as_ref())
+            .key(key.as_ref())
+            .headers(headers)
+            .send()
             .await
     }
 
@@ -325,8 +354,7 @@ impl Pusher {
         key: impl AsRef<[u8]>,
         value: &T,
     ) -> Result<Option<Delivery>, PushError> {
-        let bytes = serde_json::to_vec(value).map_err(|e| PushError::Encode(e.to_string()))?;
-        self.send(Some(key.as_ref()), Some(&bytes), None).await
+        self.message_json(value)?.key(key.as_ref()).send().await
     }
 
     /// Sets what happens to a delivery failure of a message pushed without waiting; by default
@@ -396,6 +424,8 @@ impl Pusher {
         } else {
             (Box::new(None), None)
         };
+        // The caller's trace continues in whoever consumes the message.
+        let headers = crate::trace::inject(headers);
         let started = Instant::now();
         let mut record: BaseRecord<'_, [u8], [u8], Waiter> =
             BaseRecord::with_opaque_to(&inner.topic, waiter);
@@ -440,6 +470,74 @@ impl Pusher {
                 error: KafkaError::Canceled,
             }),
         }
+    }
+}
+
+/// A message being put together: a key, headers, then [`send`](Push::send). Made by
+/// [`Pusher::message`] and [`Pusher::message_json`].
+#[must_use = "a message is pushed only by `send`"]
+pub struct Push<'a> {
+    pusher: &'a Pusher,
+    key: Option<&'a [u8]>,
+    value: Cow<'a, [u8]>,
+    headers: Option<OwnedHeaders>,
+}
+
+impl fmt::Debug for Push<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Push")
+            .field("topic", &self.pusher.inner.topic)
+            .field("key", &self.key.map(String::from_utf8_lossy))
+            .field("value_bytes", &self.value.len())
+            .field(
+                "headers",
+                &self
+                    .headers
+                    .as_ref()
+                    .map_or(0, rdkafka::message::Headers::count),
+            )
+            .finish()
+    }
+}
+
+impl<'a> Push<'a> {
+    /// Sets the key; every message with the same key goes to the same partition. Without one
+    /// the message gets go-queue's time-based key.
+    pub fn key<K: AsRef<[u8]> + ?Sized>(mut self, key: &'a K) -> Self {
+        self.key = Some(key.as_ref());
+        self
+    }
+
+    /// Adds a header. Headers keep their order, and a name may repeat.
+    pub fn header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
+        let headers = self.headers.take().unwrap_or_default();
+        self.headers = Some(headers.insert(Header {
+            key: name,
+            value: Some(value.as_ref()),
+        }));
+        self
+    }
+
+    /// Adds headers.
+    pub fn headers<'h>(self, headers: impl IntoIterator<Item = (&'h str, &'h [u8])>) -> Self {
+        headers
+            .into_iter()
+            .fold(self, |push, (name, value)| push.header(name, value))
+    }
+
+    /// Pushes the message: see [`Pusher`] for what sync and async mode return.
+    pub async fn send(self) -> Result<Option<Delivery>, PushError> {
+        let time_key;
+        let key = match self.key {
+            Some(key) => key,
+            None => {
+                time_key = self::time_key();
+                time_key.as_bytes()
+            }
+        };
+        self.pusher
+            .send(Some(key), Some(&self.value), self.headers)
+            .await
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt as _;
 use rdkafka::message::{Header, OwnedHeaders};
+use tracing::Instrument as _;
 
 use super::dispatch::Lane;
 use super::offsets::PartitionState;
@@ -18,6 +19,7 @@ use super::{Outcome, QueueShared};
 use crate::handler::{HandlerError, HandlerErrorKind};
 use crate::message::Message;
 use crate::service::Shutdown;
+use crate::trace;
 
 /// Header names of a dead letter, next to the original headers.
 pub mod dead_letter_headers {
@@ -56,7 +58,9 @@ pub(crate) async fn run(queue: Arc<QueueShared>, mut lane: Lane, shutdown: Shutd
                 // Revoked or stopping: a message that has not started belongs to whoever
                 // consumes the partition next.
                 if partition.start() {
-                    let mut settling = pin!(settle(&queue, partition, &msg, &shutdown));
+                    let span = trace::message_span(&queue.name, &queue.conf.group, &msg);
+                    let mut settling =
+                        pin!(settle(&queue, partition, &msg, &shutdown).instrument(span));
                     let settled = match poll_fn(|cx| Poll::Ready(settling.as_mut().poll(cx))).await
                     {
                         Poll::Ready(settled) => settled,
