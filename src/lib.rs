@@ -44,11 +44,11 @@
 
 pub use kq_core::{app::registered_queues, create_topic, load_config, sleep, spawn};
 pub use kq_core::{
-    conf, dead_letter_headers, Acks, Assignor, BoxFuture, Compression, ConfigField,
+    conf, dead_letter_headers, observe, Acks, Assignor, BoxFuture, Compression, ConfigField,
     ConsumerRegistration, Delivery, DeliveryFailure, EmbeddedBroker, Error, ErrorHandler,
     FromMessage, Handler, HandlerContext, HandlerError, HandlerErrorKind, Headers,
     IntoHandlerResult, Json, KqConf, KqConfig, LoadError, Message, Metrics, Offset, Ordering,
-    Outcome, Partitioner, PushError, Pusher, PusherConf, Queue, RegisteredHandler, RetryConf,
+    Outcome, Partitioner, Push, PushError, Pusher, PusherConf, Queue, RegisteredHandler, RetryConf,
     ServiceGroup, Shutdown, State,
 };
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::conf::KqConf;
 use crate::handler::HandlerContext;
 use crate::load::{load_config, LoadError};
+use crate::observe::{self, DevServerConf, PrometheusConf};
 use crate::queue::Queue;
 use crate::registry::{ConsumerRegistration, KqConfig};
 use crate::service::ServiceGroup;
@@ -89,11 +90,25 @@ where
         }
         return Ok(());
     }
+    let service: ServiceKeys = load_config(file).map_err(Failure::config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::run(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async {
+        // Metrics, health and the stat log are on in services; the servers only when asked.
+        observe::enable();
+        for (listen, conf) in service.servers() {
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .map_err(|e| Failure::run(format!("cannot listen on {listen}: {e}")))?;
+            tracing::info!(address = %listen, metrics = %conf.metrics_path, health = %conf.health_path, ready = %conf.ready_path, "serving metrics and health");
+            tokio::spawn(async move {
+                if let Err(e) = observe::serve(listener, conf).await {
+                    tracing::error!(error = %e, "the metrics server stopped");
+                }
+            });
+        }
         let state = build_state(&config)
             .map_err(|e| Failure::run(format!("cannot build the service state: {e}")))?;
         let context = HandlerContext::new(Arc::new(state));
@@ -106,6 +121,36 @@ where
         }
         group.run().await.map_err(Failure::run)
     })
+}
+
+/// go-zero's service keys at the top of the config file that kq serves from.
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct ServiceKeys {
+    dev_server: DevServerConf,
+    prometheus: PrometheusConf,
+}
+
+impl ServiceKeys {
+    /// The servers to start: `DevServer` when enabled, and `Prometheus` (metrics only) when it
+    /// has a port of its own.
+    fn servers(&self) -> Vec<(String, DevServerConf)> {
+        let mut servers = Vec::new();
+        if self.dev_server.enabled {
+            let conf = self.dev_server.clone();
+            servers.push((format!("{}:{}", conf.host, conf.port), conf));
+        }
+        let prometheus = &self.prometheus;
+        let same_port = self.dev_server.enabled && prometheus.port == self.dev_server.port;
+        if prometheus.port != 0 && !same_port {
+            let conf = DevServerConf {
+                metrics_path: prometheus.path.clone(),
+                ..DevServerConf::default()
+            };
+            servers.push((format!("{}:{}", prometheus.host, prometheus.port), conf));
+        }
+        servers
+    }
 }
 
 /// What the command line asks for.

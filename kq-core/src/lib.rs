@@ -13,6 +13,7 @@ pub mod error;
 pub mod handler;
 pub mod load;
 pub mod message;
+pub mod observe;
 pub mod pusher;
 pub mod queue;
 pub mod registry;

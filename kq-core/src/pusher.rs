@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use prometheus_client::metrics::counter::Counter;
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message as _, OwnedHeaders};
@@ -95,6 +96,8 @@ struct PushContext {
     failed: AtomicU64,
     unreported: Mutex<Option<(u64, String)>>,
     on_failure: Mutex<Option<FailureCallback>>,
+    /// Delivered and failed counters for the metrics, when collection is on.
+    observed: Option<(Counter, Counter)>,
 }
 
 impl ClientContext for PushContext {}
@@ -106,6 +109,9 @@ impl ProducerContext for PushContext {
         match result {
             Ok(message) => {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
+                if let Some((delivered, _)) = &self.observed {
+                    delivered.inc();
+                }
                 if let Some(waiter) = *waiter {
                     let _ = waiter.send(Ok(Delivery {
                         partition: message.partition(),
@@ -115,6 +121,9 @@ impl ProducerContext for PushContext {
             }
             Err((error, message)) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
+                if let Some((_, failed)) = &self.observed {
+                    failed.inc();
+                }
                 if let Some(waiter) = *waiter {
                     // The caller is waiting and receives the error itself.
                     let _ = waiter.send(Err(error.clone()));
@@ -257,6 +266,7 @@ impl Pusher {
             failed: AtomicU64::new(0),
             unreported: Mutex::new(None),
             on_failure: Mutex::new(None),
+            observed: crate::observe::pusher_counters(&conf.topic),
         };
         let producer = config.create_with_context(context)?;
         Ok(Pusher {

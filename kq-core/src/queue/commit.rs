@@ -8,37 +8,50 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::offsets::PartitionState;
 
-/// Commits the watermarks that moved since the last commit, without waiting.
+/// Commits the watermarks that moved since the last commit, without waiting. Returns whether
+/// a commit was sent.
 pub(crate) fn commit_moved<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
     states: &[Arc<PartitionState>],
-) {
+) -> bool {
     let list = offsets(topic, states, PartitionState::take_commit);
-    if list.count() > 0 {
-        if let Err(e) = consumer.commit(&list, CommitMode::Async) {
+    if list.count() == 0 {
+        return false;
+    }
+    match consumer.commit(&list, CommitMode::Async) {
+        Ok(()) => true,
+        Err(e) => {
             tracing::warn!(topic, error = %e, "commit failed; the next commit covers it");
+            false
         }
     }
 }
 
-/// Commits the current watermarks and waits for the broker to confirm.
+/// Commits the current watermarks and waits for the broker to confirm. Returns whether a
+/// commit was confirmed.
 pub(crate) fn commit_sync<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
     states: &[Arc<PartitionState>],
-) {
+) -> bool {
     let list = offsets(topic, states, PartitionState::watermark);
     if list.count() == 0 {
-        return;
+        return false;
     }
     match consumer.commit(&list, CommitMode::Sync) {
-        Ok(()) => tracing::debug!(topic, offsets = ?list, "committed"),
-        Err(e) => tracing::warn!(
-            topic,
-            error = %e,
-            "final commit failed; messages after the last successful commit will be delivered again"
-        ),
+        Ok(()) => {
+            tracing::debug!(topic, offsets = ?list, "committed");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(
+                topic,
+                error = %e,
+                "final commit failed; messages after the last successful commit will be delivered again"
+            );
+            false
+        }
     }
 }
 

@@ -40,6 +40,8 @@ const BURST: usize = 256;
 const ROOM_CHECK: Duration = Duration::from_micros(200);
 /// librdkafka's `fetch.queue.backoff.ms` for kq consumers.
 const FETCH_QUEUE_BACKOFF_MS: &str = "10";
+/// How often librdkafka reports statistics (consumer lag) while metrics are collected.
+const STATISTICS_INTERVAL_MS: &str = "1000";
 /// The longest pause after repeated poll errors.
 const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -52,8 +54,9 @@ pub(crate) fn spawn_member(
 ) -> Result<impl Future<Output = Result<(), Error>>, Error> {
     let conf = &queue.conf;
     let member = Arc::new(Member::new(queue.clone(), index));
-    let consumer: BaseConsumer<MemberContext> =
-        consumer_config(conf)?.create_with_context(MemberContext {
+    let member_health = member.health.clone();
+    let consumer: BaseConsumer<MemberContext> = consumer_config(conf, queue.observed.is_some())?
+        .create_with_context(MemberContext {
             member: member.clone(),
         })?;
     consumer.subscribe(&[&conf.topic])?;
@@ -84,7 +87,11 @@ pub(crate) fn spawn_member(
     thread::Builder::new()
         .name(name)
         .spawn(move || {
+            let health = fetch.member.health.clone();
             let result = fetch.run();
+            if let Some(health) = health {
+                health.stopped(result.is_err());
+            }
             let _ = stopped_tx.send(result);
         })
         .map_err(|e| Error::Stopped {
@@ -92,8 +99,12 @@ pub(crate) fn spawn_member(
             reason: format!("cannot start the fetch thread: {e}"),
         })?;
     let consumer_name = queue.name.clone();
+    let health = member_health;
     Ok(async move {
         stopped_rx.await.unwrap_or_else(|_| {
+            if let Some(health) = &health {
+                health.stopped(true);
+            }
             Err(Error::Stopped {
                 consumer: consumer_name,
                 reason: "the fetch thread panicked".into(),
@@ -103,7 +114,7 @@ pub(crate) fn spawn_member(
 }
 
 /// librdkafka's consumer settings for a `KqConf`.
-fn consumer_config(conf: &KqConf) -> Result<ClientConfig, Error> {
+fn consumer_config(conf: &KqConf, observed: bool) -> Result<ClientConfig, Error> {
     let connection = Connection {
         name: &conf.name,
         brokers: &conf.brokers,
@@ -133,6 +144,10 @@ fn consumer_config(conf: &KqConf) -> Result<ClientConfig, Error> {
         // queue; with the default 1 s backoff a partition would then idle long after room
         // frees up.
         .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
+    if observed {
+        // Consumer lag for the metrics comes with librdkafka's statistics.
+        config.set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
+    }
     // librdkafka refuses a fetch.max.bytes below its message.max.bytes (1000000 by default);
     // a smaller MaxBytes lowers both, as kafka-go's MaxBytes bounds the message size too.
     if conf.max_bytes < 1_000_000 {
@@ -191,6 +206,12 @@ impl FetchLoop {
             "consumer started"
         );
         while !self.shutdown.is_triggered() {
+            if let Some(health) = &self.member.health {
+                health.beat();
+            }
+            if let Some(observed) = &queue.observed {
+                observed.set_in_flight(self.dispatcher.in_flight());
+            }
             if let Some((partition, msg)) = self.held.take() {
                 if partition.is_revoked() {
                     // Fetched under an assignment that is gone; the next owner reads it again.
@@ -272,7 +293,11 @@ impl FetchLoop {
     fn commit_if_due(&mut self) {
         if self.last_commit.elapsed() >= self.member.queue.conf.commit_interval {
             self.last_commit = Instant::now();
-            commit::commit_moved(&self.consumer, &self.member.topic, &self.member.owned());
+            let committed =
+                commit::commit_moved(&self.consumer, &self.member.topic, &self.member.owned());
+            if let (true, Some(observed)) = (committed, &self.member.queue.observed) {
+                observed.committed();
+            }
         }
     }
 

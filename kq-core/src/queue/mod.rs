@@ -30,6 +30,7 @@ use crate::conf::KqConf;
 use crate::error::Error;
 use crate::handler::{Handler, HandlerError};
 use crate::message::Message;
+use crate::observe::ConsumerMetrics;
 use crate::pusher::Pusher;
 use crate::service::Shutdown;
 
@@ -161,8 +162,13 @@ impl Queue {
             "" => None,
             topic => Some(dead_letter_pusher(&self.conf, topic)?),
         };
+        let observed = ConsumerMetrics::new(&self.name, &self.conf.topic);
+        if let Some(observed) = &observed {
+            tokio::spawn(log_stats(observed.clone(), shutdown.clone()));
+        }
         let shared = Arc::new(QueueShared {
             error_handler: self.error_handler.unwrap_or_else(|| Arc::new(log_failure)),
+            observed,
             name: self.name,
             conf: self.conf,
             handler: self.handler,
@@ -199,7 +205,22 @@ pub(crate) struct QueueShared {
     pub handler: Arc<dyn Handler>,
     pub error_handler: ErrorHandler,
     pub metrics: Option<Arc<dyn Metrics>>,
+    /// kq's own metrics and stat log, when collection is on.
+    pub observed: Option<Arc<ConsumerMetrics>>,
     pub dead_letter: Option<Pusher>,
+}
+
+/// go-zero's stat log: once a minute, a line per consumer with its throughput and handler
+/// times.
+async fn log_stats(metrics: Arc<ConsumerMetrics>, shutdown: Shutdown) {
+    const WINDOW: Duration = Duration::from_secs(60);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + WINDOW, WINDOW);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => tracing::info!(target: "kq::stat", "{}", metrics.stat_line(WINDOW)),
+            () = shutdown.wait() => return,
+        }
+    }
 }
 
 fn dead_letter_pusher(conf: &KqConf, topic: &str) -> Result<Pusher, Error> {

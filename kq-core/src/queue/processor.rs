@@ -104,7 +104,8 @@ async fn settle(
     let mut attempt: u32 = 1;
     loop {
         // Timing only for metrics: reading the clock per message is measurable.
-        let started = queue.metrics.as_ref().map(|_| Instant::now());
+        let timed = queue.metrics.is_some() || queue.observed.is_some();
+        let started = timed.then(Instant::now);
         let error = match run_handler(queue, msg).await {
             Ok(()) => {
                 record(queue, Outcome::Ok, started);
@@ -199,8 +200,13 @@ async fn run_handler(queue: &QueueShared, msg: &Message) -> Result<(), HandlerEr
 }
 
 fn record(queue: &QueueShared, outcome: Outcome, started: Option<Instant>) {
-    if let (Some(metrics), Some(started)) = (&queue.metrics, started) {
-        metrics.record(&queue.name, outcome, started.elapsed());
+    let Some(started) = started else { return };
+    let elapsed = started.elapsed();
+    if let Some(metrics) = &queue.metrics {
+        metrics.record(&queue.name, outcome, elapsed);
+    }
+    if let Some(observed) = &queue.observed {
+        observed.record(outcome, elapsed);
     }
 }
 

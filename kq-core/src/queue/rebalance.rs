@@ -15,6 +15,7 @@ use super::buffers::BufferPool;
 use super::commit;
 use super::offsets::PartitionState;
 use super::QueueShared;
+use crate::observe::{self, MemberHealth};
 
 /// A group member: one librdkafka consumer and the partitions it currently owns.
 pub(crate) struct Member {
@@ -25,17 +26,27 @@ pub(crate) struct Member {
     pub in_flight: Arc<AtomicUsize>,
     /// Buffers of handled messages, for the next ones.
     pub buffers: Arc<BufferPool>,
+    /// Liveness for the health endpoint, when collection is on.
+    pub health: Option<Arc<MemberHealth>>,
     partitions: Mutex<HashMap<i32, Arc<PartitionState>>>,
 }
 
 impl Member {
     pub fn new(queue: Arc<QueueShared>, index: usize) -> Self {
+        /// How long past `ShutdownTimeout` a fetch loop may go without coming round.
+        const STUCK_MARGIN: Duration = Duration::from_secs(30);
+        // A revoke may hold the loop for ShutdownTimeout; anything longer is stuck.
+        let health = queue
+            .observed
+            .as_ref()
+            .map(|observed| observed.member(index, queue.conf.shutdown_timeout + STUCK_MARGIN));
         Member {
             topic: Arc::from(queue.conf.topic.as_str()),
             queue,
             index,
             in_flight: Arc::new(AtomicUsize::new(0)),
             buffers: Arc::default(),
+            health,
             partitions: Mutex::new(HashMap::new()),
         }
     }
@@ -80,7 +91,10 @@ impl Member {
                 "handlers still running after the shutdown timeout; their messages will be delivered again"
             );
         }
-        commit::commit_sync(consumer, &self.topic, &released);
+        let committed = commit::commit_sync(consumer, &self.topic, &released);
+        if let (true, Some(observed)) = (committed, &self.queue.observed) {
+            observed.committed();
+        }
     }
 }
 
@@ -102,13 +116,22 @@ pub(crate) struct MemberContext {
     pub member: Arc<Member>,
 }
 
-impl ClientContext for MemberContext {}
+impl ClientContext for MemberContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        if let Some(observed) = &self.member.queue.observed {
+            observe::record_lag(observed, &statistics);
+        }
+    }
+}
 
 impl ConsumerContext for MemberContext {
     // Runs on the fetch thread inside `poll`, before librdkafka unassigns: the only moment a
     // member can still commit for partitions it is losing.
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
+            if let Some(observed) = &self.member.queue.observed {
+                observed.rebalanced("revoke");
+            }
             let partitions = partitions_of(list);
             tracing::info!(
                 consumer = %self.member.queue.name,
@@ -124,6 +147,12 @@ impl ConsumerContext for MemberContext {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(list) => {
+                if let Some(health) = &self.member.health {
+                    health.joined();
+                }
+                if let Some(observed) = &self.member.queue.observed {
+                    observed.rebalanced("assign");
+                }
                 tracing::info!(
                     consumer = %self.member.queue.name,
                     member = self.member.index,

@@ -1,0 +1,586 @@
+//! Operations: Prometheus metrics, health and readiness over HTTP, and go-zero's stat log.
+//!
+//! Nothing here costs anything until [`serve`] (or `kq::main!` with `DevServer` or
+//! `Prometheus` configured) turns it on: queues started after that record every message's
+//! outcome and handler time, members report their liveness, and pushers count deliveries.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::queue::Outcome;
+
+/// go-zero's `DevServer` block: where metrics, health and readiness are served.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DevServerConf {
+    /// Serve at all (go-zero's default: no).
+    pub enabled: bool,
+    /// The address to listen on.
+    pub host: String,
+    /// The port to listen on.
+    pub port: u16,
+    /// Prometheus metrics.
+    pub metrics_path: String,
+    /// Liveness: 200 while every consumer loop runs, 503 once one died or is stuck.
+    pub health_path: String,
+    /// Readiness (kq's key): 200 once every consumer joined its group and is fetching.
+    pub ready_path: String,
+}
+
+impl Default for DevServerConf {
+    fn default() -> Self {
+        DevServerConf {
+            enabled: false,
+            host: "0.0.0.0".into(),
+            port: 6060,
+            metrics_path: "/metrics".into(),
+            health_path: "/healthz".into(),
+            ready_path: "/readyz".into(),
+        }
+    }
+}
+
+/// go-zero's `Prometheus` block: metrics only, on a port of their own.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct PrometheusConf {
+    /// The address to listen on.
+    pub host: String,
+    /// The port; 0 (the default) means no Prometheus server.
+    pub port: u16,
+    /// The metrics path.
+    pub path: String,
+}
+
+impl Default for PrometheusConf {
+    fn default() -> Self {
+        PrometheusConf {
+            host: "0.0.0.0".into(),
+            port: 0,
+            path: "/metrics".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MessageLabels {
+    consumer: String,
+    topic: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConsumerLabels {
+    consumer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TopicLabels {
+    consumer: String,
+    topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabels {
+    consumer: String,
+    topic: String,
+    partition: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RebalanceLabels {
+    consumer: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PusherLabels {
+    topic: String,
+}
+
+/// Every metric kq exports, and the members whose health it reports.
+struct Observer {
+    registry: Registry,
+    messages: Family<MessageLabels, Counter>,
+    handler_seconds: Family<ConsumerLabels, Histogram>,
+    in_flight: Family<ConsumerLabels, Gauge>,
+    lag: Family<PartitionLabels, Gauge>,
+    commits: Family<TopicLabels, Counter>,
+    rebalances: Family<RebalanceLabels, Counter>,
+    pushed: Family<PusherLabels, Counter>,
+    push_failed: Family<PusherLabels, Counter>,
+    members: Mutex<Vec<Arc<MemberHealth>>>,
+    started: Instant,
+}
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+static OBSERVER: OnceLock<Observer> = OnceLock::new();
+
+fn observer() -> &'static Observer {
+    OBSERVER.get_or_init(|| {
+        let mut registry = Registry::with_prefix("kq");
+        let messages = Family::<MessageLabels, Counter>::default();
+        registry.register(
+            "messages",
+            "Messages handled, by outcome: ok, error (failed for good), retried, dead_lettered",
+            messages.clone(),
+        );
+        let handler_seconds = Family::<ConsumerLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0001, 4.0, 10))
+        });
+        registry.register(
+            "handler_duration_seconds",
+            "Time of one handler run",
+            handler_seconds.clone(),
+        );
+        let in_flight = Family::<ConsumerLabels, Gauge>::default();
+        registry.register(
+            "in_flight",
+            "Messages fetched and not yet done (queued or running)",
+            in_flight.clone(),
+        );
+        let lag = Family::<PartitionLabels, Gauge>::default();
+        registry.register(
+            "consumer_lag",
+            "Messages between the partition's end and the consumer's position",
+            lag.clone(),
+        );
+        let commits = Family::<TopicLabels, Counter>::default();
+        registry.register(
+            "commits",
+            "Offset commits sent on CommitInterval, and confirmed ones on revoke and stop",
+            commits.clone(),
+        );
+        let rebalances = Family::<RebalanceLabels, Counter>::default();
+        registry.register(
+            "rebalances",
+            "Partition assignments and revocations",
+            rebalances.clone(),
+        );
+        let pushed = Family::<PusherLabels, Counter>::default();
+        registry.register(
+            "pusher_delivered",
+            "Messages the broker acknowledged",
+            pushed.clone(),
+        );
+        let push_failed = Family::<PusherLabels, Counter>::default();
+        registry.register(
+            "pusher_failed",
+            "Messages that could not be delivered",
+            push_failed.clone(),
+        );
+        Observer {
+            registry,
+            messages,
+            handler_seconds,
+            in_flight,
+            lag,
+            commits,
+            rebalances,
+            pushed,
+            push_failed,
+            members: Mutex::new(Vec::new()),
+            started: Instant::now(),
+        }
+    })
+}
+
+/// Whether metrics and health are being collected.
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Acquire)
+}
+
+/// Starts collecting, without serving: for services that serve [`render_metrics`] and
+/// [`health`] from an HTTP server of their own.
+pub fn enable() {
+    observer();
+    ENABLED.store(true, Ordering::Release);
+}
+
+/// The metrics in Prometheus' text format.
+pub fn render_metrics() -> String {
+    let mut text = String::new();
+    // Writing to a String does not fail.
+    let _ = prometheus_client::encoding::text::encode(&mut text, &observer().registry);
+    text
+}
+
+/// The health of every consumer member started since collecting began.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// No consumer loop died or is stuck.
+    pub live: bool,
+    /// Live, and every running member joined its group and is fetching.
+    pub ready: bool,
+    /// One line per member: consumer, member, state.
+    pub detail: String,
+}
+
+/// Liveness and readiness now.
+pub fn health() -> Health {
+    let observer = observer();
+    let members = lock(&observer.members);
+    let now = observer.millis();
+    let mut live = true;
+    let mut ready = !members.is_empty();
+    let mut detail = String::new();
+    for member in members.iter() {
+        let state = match member.state.load(Ordering::Acquire) {
+            FAILED => {
+                live = false;
+                "failed"
+            }
+            STOPPED => "stopped",
+            _ if now.saturating_sub(member.heartbeat.load(Ordering::Acquire))
+                > member.stuck_after.as_millis() as u64 =>
+            {
+                live = false;
+                "stuck"
+            }
+            _ if !member.joined.load(Ordering::Acquire) => "joining",
+            _ => "fetching",
+        };
+        if state != "fetching" {
+            ready = false;
+        }
+        let _ = writeln!(
+            detail,
+            "{} member {}: {state}",
+            member.consumer, member.index
+        );
+    }
+    Health {
+        live,
+        ready: live && ready,
+        detail,
+    }
+}
+
+/// Serves metrics, health and readiness on `listener` until the task is dropped, and turns
+/// collection on.
+pub async fn serve(listener: TcpListener, conf: DevServerConf) -> std::io::Result<()> {
+    enable();
+    let conf = Arc::new(conf);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let conf = conf.clone();
+        tokio::spawn(async move {
+            if let Err(e) = answer(stream, &conf).await {
+                tracing::debug!(error = %e, "metrics request failed");
+            }
+        });
+    }
+}
+
+/// Answers one HTTP/1.1 GET and closes the connection.
+async fn answer(mut stream: TcpStream, conf: &DevServerConf) -> std::io::Result<()> {
+    let mut request = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        request.extend_from_slice(&chunk[..n]);
+    }
+    let request = String::from_utf8_lossy(&request);
+    let mut words = request.split_whitespace();
+    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let (status, content_type, body) = if method != "GET" {
+        ("405 Method Not Allowed", "text/plain", String::new())
+    } else if path == conf.metrics_path {
+        (
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            render_metrics(),
+        )
+    } else if path == conf.health_path || path == conf.ready_path {
+        let health = health();
+        let ok = if path == conf.health_path {
+            health.live
+        } else {
+            health.ready
+        };
+        let status = if ok {
+            "200 OK"
+        } else {
+            "503 Service Unavailable"
+        };
+        (status, "text/plain; charset=utf-8", health.detail)
+    } else {
+        ("404 Not Found", "text/plain", String::new())
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+impl Observer {
+    fn millis(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+}
+
+const RUNNING: u8 = 0;
+const STOPPED: u8 = 1;
+const FAILED: u8 = 2;
+
+/// One member's liveness, reported by its fetch loop and rebalance callbacks.
+pub(crate) struct MemberHealth {
+    consumer: String,
+    index: usize,
+    joined: AtomicBool,
+    heartbeat: AtomicU64,
+    state: AtomicU8,
+    /// A loop that has not come round for this long is stuck (a revoke may legitimately
+    /// hold it for `ShutdownTimeout`).
+    stuck_after: Duration,
+}
+
+impl MemberHealth {
+    pub fn beat(&self) {
+        self.heartbeat.store(observer().millis(), Ordering::Release);
+    }
+
+    pub fn joined(&self) {
+        self.joined.store(true, Ordering::Release);
+    }
+
+    pub fn stopped(&self, failed: bool) {
+        let state = if failed { FAILED } else { STOPPED };
+        self.state.store(state, Ordering::Release);
+    }
+}
+
+/// A consumer's handles on its metrics, taken once so that recording takes no lookups.
+pub(crate) struct ConsumerMetrics {
+    name: String,
+    topic: String,
+    ok: Counter,
+    error: Counter,
+    retried: Counter,
+    dead_lettered: Counter,
+    handler_seconds: Histogram,
+    in_flight: Gauge,
+    commits: Counter,
+    stats: Mutex<StatWindow>,
+}
+
+impl ConsumerMetrics {
+    /// The consumer's metrics, or `None` while collection is off.
+    pub fn new(name: &str, topic: &str) -> Option<Arc<Self>> {
+        if !enabled() {
+            return None;
+        }
+        let o = observer();
+        let outcome = |outcome| {
+            o.messages
+                .get_or_create(&MessageLabels {
+                    consumer: name.into(),
+                    topic: topic.into(),
+                    outcome,
+                })
+                .clone()
+        };
+        let consumer = ConsumerLabels {
+            consumer: name.into(),
+        };
+        Some(Arc::new(ConsumerMetrics {
+            name: name.into(),
+            topic: topic.into(),
+            ok: outcome("ok"),
+            error: outcome("error"),
+            retried: outcome("retried"),
+            dead_lettered: outcome("dead_lettered"),
+            handler_seconds: o.handler_seconds.get_or_create(&consumer).clone(),
+            in_flight: o.in_flight.get_or_create(&consumer).clone(),
+            commits: o
+                .commits
+                .get_or_create(&TopicLabels {
+                    consumer: name.into(),
+                    topic: topic.into(),
+                })
+                .clone(),
+            stats: Mutex::default(),
+        }))
+    }
+
+    /// Registers a member for health reports.
+    pub fn member(&self, index: usize, stuck_after: Duration) -> Arc<MemberHealth> {
+        let o = observer();
+        let health = Arc::new(MemberHealth {
+            consumer: self.name.clone(),
+            index,
+            joined: AtomicBool::new(false),
+            heartbeat: AtomicU64::new(o.millis()),
+            state: AtomicU8::new(RUNNING),
+            stuck_after,
+        });
+        lock(&o.members).push(health.clone());
+        health
+    }
+
+    pub fn record(&self, outcome: Outcome, elapsed: Duration) {
+        let counter = match outcome {
+            Outcome::Ok => &self.ok,
+            Outcome::Failed => &self.error,
+            Outcome::Retried => &self.retried,
+            Outcome::DeadLettered => &self.dead_lettered,
+        };
+        counter.inc();
+        self.handler_seconds.observe(elapsed.as_secs_f64());
+        lock(&self.stats).add(outcome, elapsed);
+    }
+
+    pub fn set_in_flight(&self, messages: usize) {
+        self.in_flight.set(messages as i64);
+    }
+
+    pub fn committed(&self) {
+        self.commits.inc();
+    }
+
+    pub fn rebalanced(&self, kind: &'static str) {
+        observer()
+            .rebalances
+            .get_or_create(&RebalanceLabels {
+                consumer: self.name.clone(),
+                kind,
+            })
+            .inc();
+    }
+
+    pub fn set_lag(&self, partition: i32, lag: i64) {
+        observer()
+            .lag
+            .get_or_create(&PartitionLabels {
+                consumer: self.name.clone(),
+                topic: self.topic.clone(),
+                partition: partition.to_string(),
+            })
+            .set(lag);
+    }
+
+    /// go-zero's stat line for the window since the last call, which starts a new window.
+    pub fn stat_line(&self, window: Duration) -> String {
+        let stats = std::mem::take(&mut *lock(&self.stats));
+        stats.line(&self.name, window)
+    }
+}
+
+/// Counts delivered and failed pushes of one topic.
+pub(crate) fn pusher_counters(topic: &str) -> Option<(Counter, Counter)> {
+    if !enabled() {
+        return None;
+    }
+    let labels = PusherLabels {
+        topic: topic.into(),
+    };
+    let o = observer();
+    Some((
+        o.pushed.get_or_create(&labels).clone(),
+        o.push_failed.get_or_create(&labels).clone(),
+    ))
+}
+
+/// Handler times of one stat window (go-zero's `stat.Metrics`).
+#[derive(Default)]
+struct StatWindow {
+    handled: u64,
+    drops: u64,
+    /// Handler times in milliseconds; at most `MAX_SAMPLES` are kept, the count is exact.
+    millis: Vec<f64>,
+}
+
+const MAX_SAMPLES: usize = 100_000;
+
+impl StatWindow {
+    fn add(&mut self, outcome: Outcome, elapsed: Duration) {
+        self.handled += 1;
+        if outcome == Outcome::Failed {
+            self.drops += 1;
+        }
+        if self.millis.len() < MAX_SAMPLES {
+            self.millis.push(elapsed.as_secs_f64() * 1000.0);
+        }
+    }
+
+    fn line(mut self, name: &str, window: Duration) -> String {
+        let qps = self.handled as f64 / window.as_secs_f64().max(1e-9);
+        self.millis.sort_by(f64::total_cmp);
+        let at = |q: f64| match self.millis.len() {
+            0 => 0.0,
+            n => self.millis[((n - 1) as f64 * q).round() as usize],
+        };
+        let avg = match self.millis.len() {
+            0 => 0.0,
+            n => self.millis.iter().sum::<f64>() / n as f64,
+        };
+        format!(
+            "({name}) - qps: {qps:.1}/s, drops: {}, avg time: {avg:.1}ms, med: {:.1}ms, 90th: {:.1}ms, 99th: {:.1}ms, 99.9th: {:.1}ms",
+            self.drops,
+            at(0.5),
+            at(0.9),
+            at(0.99),
+            at(0.999)
+        )
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Parses a member's librdkafka statistics into lag gauges: `consumer_lag` per partition of
+/// the member's topic (-1, unknown, is skipped).
+pub(crate) fn record_lag(metrics: &ConsumerMetrics, stats: &rdkafka::Statistics) {
+    let Some(topic) = stats.topics.get(&metrics.topic) else {
+        return;
+    };
+    let partitions: HashMap<i32, i64> = topic
+        .partitions
+        .values()
+        .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+        .map(|p| (p.partition, p.consumer_lag))
+        .collect();
+    for (partition, lag) in partitions {
+        metrics.set_lag(partition, lag);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stat_line_has_go_zeros_fields() {
+        let mut window = StatWindow::default();
+        for ms in 1..=100 {
+            window.add(Outcome::Ok, Duration::from_millis(ms));
+        }
+        window.add(Outcome::Failed, Duration::from_millis(1));
+        let line = window.line("payments", Duration::from_secs(60));
+        assert!(
+            line.starts_with("(payments) - qps: 1.7/s, drops: 1, avg time: 50.0ms, med: 50.0ms, 90th: 90.0ms, 99th: 99.0ms"),
+            "{line}"
+        );
+    }
+}

@@ -1,0 +1,159 @@
+//! Metrics, health and readiness, scraped over HTTP as Prometheus and a probe would.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{consumer_conf, create_topic, eventually, pusher_conf, unique};
+use kq::observe::{self, DevServerConf};
+use kq::{ConsumerRegistration, HandlerContext, Pusher, Queue, Shutdown};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Default)]
+struct Count(AtomicUsize);
+
+#[kq::consumer(conf = "Observed")]
+async fn observed(count: kq::State<Count>, _key: &str, value: &str) -> Result<(), String> {
+    count.0 .0.fetch_add(1, Ordering::SeqCst);
+    match value {
+        "bad" => Err("cannot handle it".into()),
+        _ => Ok(()),
+    }
+}
+
+/// GETs `path`; returns the status code and the body.
+async fn get(port: u16, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split_once("\r\n\r\n").unwrap().1.to_owned();
+    (status, body)
+}
+
+/// The value of the first sample whose line starts with `prefix`.
+fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(prefix))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_and_readiness_are_served() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(observe::serve(listener, DevServerConf::default()));
+    // No consumer yet: alive, not ready.
+    assert_eq!(get(port, "/healthz").await.0, 200);
+    assert_eq!(get(port, "/readyz").await.0, 503);
+    assert_eq!(get(port, "/nothing").await.0, 404);
+
+    let topic = unique("observed");
+    create_topic(&topic, 2).await;
+    let pusher = Pusher::from_conf(&pusher_conf(&topic)).unwrap();
+    for value in ["a", "b", "c", "bad"] {
+        pusher.kpush(value, value).await.unwrap();
+    }
+
+    let count = Arc::new(Count::default());
+    let handler = ConsumerRegistration::find("observed")
+        .unwrap()
+        .bind(HandlerContext::new(count.clone()))
+        .unwrap();
+    let mut conf = consumer_conf(&topic);
+    conf.retry.attempts = 2;
+    conf.retry.backoff = Duration::from_millis(10);
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(Queue::new("observed", conf, handler).run(shutdown.clone()));
+
+    let wait = Duration::from_secs(60);
+    assert!(eventually(wait, || count.0.load(Ordering::SeqCst) >= 5).await);
+    let mut ready = (0, String::new());
+    for _ in 0..100 {
+        ready = get(port, "/readyz").await;
+        if ready.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready.0, 200, "{}", ready.1);
+    assert!(
+        ready.1.contains("observed member 0: fetching"),
+        "{}",
+        ready.1
+    );
+    assert_eq!(get(port, "/healthz").await.0, 200);
+
+    // Lag arrives with librdkafka's statistics, once a second; commits on CommitInterval.
+    let labels = format!("consumer=\"observed\",topic=\"{topic}\"");
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = get(port, "/metrics").await.1;
+        let commits = sample(&metrics, &format!("kq_commits_total{{{labels}}}"));
+        if metrics.contains("kq_consumer_lag{") && commits.unwrap_or(0.0) >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let messages = |outcome: &str| {
+        sample(
+            &metrics,
+            &format!("kq_messages_total{{{labels},outcome=\"{outcome}\"}}"),
+        )
+    };
+    assert_eq!(messages("ok"), Some(3.0), "{metrics}");
+    assert_eq!(messages("retried"), Some(1.0), "{metrics}");
+    assert_eq!(messages("error"), Some(1.0), "{metrics}");
+    assert_eq!(
+        sample(
+            &metrics,
+            "kq_handler_duration_seconds_count{consumer=\"observed\"}"
+        ),
+        Some(5.0),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("kq_consumer_lag{{{labels},partition=")),
+        "{metrics}"
+    );
+    assert!(
+        sample(&metrics, &format!("kq_commits_total{{{labels}}}")).unwrap_or(0.0) >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        sample(
+            &metrics,
+            "kq_rebalances_total{consumer=\"observed\",kind=\"assign\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            &format!("kq_pusher_delivered_total{{topic=\"{topic}\"}}")
+        ),
+        Some(4.0),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kq_in_flight{consumer=\"observed\"}"),
+        "{metrics}"
+    );
+
+    // A stopped consumer is no longer ready, but nothing died.
+    shutdown.trigger();
+    task.await.unwrap().unwrap();
+    let (status, body) = get(port, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("observed member 0: stopped"), "{body}");
+    assert_eq!(get(port, "/healthz").await.0, 200);
+}
