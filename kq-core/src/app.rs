@@ -75,6 +75,8 @@ where
     config
         .check()
         .map_err(|problems| Failure::config(LoadError::new(file, problems.join("; "))))?;
+    // Read before `--check` returns, so that it validates these keys too.
+    let service: ServiceKeys = load_config(file).map_err(Failure::config)?;
     if args.mode != Mode::Run {
         let (consumers, problems) = resolve(&config);
         if !problems.is_empty() {
@@ -90,7 +92,6 @@ where
         }
         return Ok(());
     }
-    let service: ServiceKeys = load_config(file).map_err(Failure::config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -4,7 +4,6 @@
 //! `Prometheus` configured) turns it on: queues started after that record every message's
 //! outcome and handler time, members report their liveness, and pushers count deliveries.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -555,14 +554,11 @@ pub(crate) fn record_lag(metrics: &ConsumerMetrics, stats: &rdkafka::Statistics)
     let Some(topic) = stats.topics.get(&metrics.topic) else {
         return;
     };
-    let partitions: HashMap<i32, i64> = topic
-        .partitions
-        .values()
-        .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
-        .map(|p| (p.partition, p.consumer_lag))
-        .collect();
-    for (partition, lag) in partitions {
-        metrics.set_lag(partition, lag);
+    // Partition -1 is librdkafka's internal unassigned partition.
+    for p in topic.partitions.values() {
+        if p.partition >= 0 && p.consumer_lag >= 0 {
+            metrics.set_lag(p.partition, p.consumer_lag);
+        }
     }
 }
 

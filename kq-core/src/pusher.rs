@@ -520,11 +520,7 @@ impl<'a> Push<'a> {
 
     /// Adds a header. Headers keep their order, and a name may repeat.
     pub fn header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
-        let headers = self.headers.take().unwrap_or_default();
-        self.headers = Some(headers.insert(Header {
-            key: name,
-            value: Some(value.as_ref()),
-        }));
+        self.headers = Some(append_header(self.headers, name, value.as_ref()));
         self
     }
 
@@ -549,6 +545,18 @@ impl<'a> Push<'a> {
             .send(Some(key), Some(&self.value), self.headers)
             .await
     }
+}
+
+/// `headers`, or none yet, with one more at the end.
+pub(crate) fn append_header(
+    headers: Option<OwnedHeaders>,
+    name: &str,
+    value: &[u8],
+) -> OwnedHeaders {
+    headers.unwrap_or_default().insert(Header {
+        key: name,
+        value: Some(value),
+    })
 }
 
 /// go-queue keys keyless pushes with the current time in nanoseconds.

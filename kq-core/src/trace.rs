@@ -37,21 +37,18 @@ mod w3c {
     use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
     use opentelemetry::trace::TraceContextExt as _;
     use opentelemetry_sdk::propagation::TraceContextPropagator;
-    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::message::OwnedHeaders;
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
     use crate::message::Message;
+    use crate::pusher::append_header;
 
     /// Headers being written: the propagator's fields appended as Kafka headers.
     struct HeaderInjector(Option<OwnedHeaders>);
 
     impl Injector for HeaderInjector {
         fn set(&mut self, key: &str, value: String) {
-            let headers = self.0.take().unwrap_or_default();
-            self.0 = Some(headers.insert(Header {
-                key,
-                value: Some(value.as_bytes()),
-            }));
+            self.0 = Some(append_header(self.0.take(), key, value.as_bytes()));
         }
     }
 

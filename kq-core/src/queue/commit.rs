@@ -7,51 +7,54 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::offsets::PartitionState;
+use crate::observe::ConsumerMetrics;
 
-/// Commits the watermarks that moved since the last commit, without waiting. Returns whether
-/// a commit was sent.
+/// Commits the watermarks that moved since the last commit, without waiting; counts the
+/// commit sent in `metrics`.
 pub(crate) fn commit_moved<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
     states: &[Arc<PartitionState>],
-) -> bool {
+    metrics: Option<&ConsumerMetrics>,
+) {
     let list = offsets(topic, states, PartitionState::take_commit);
     if list.count() == 0 {
-        return false;
+        return;
     }
     match consumer.commit(&list, CommitMode::Async) {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::warn!(topic, error = %e, "commit failed; the next commit covers it");
-            false
+        Ok(()) => {
+            if let Some(metrics) = metrics {
+                metrics.committed();
+            }
         }
+        Err(e) => tracing::warn!(topic, error = %e, "commit failed; the next commit covers it"),
     }
 }
 
-/// Commits the current watermarks and waits for the broker to confirm. Returns whether a
-/// commit was confirmed.
+/// Commits the current watermarks and waits for the broker to confirm; counts the confirmed
+/// commit in `metrics`.
 pub(crate) fn commit_sync<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
     states: &[Arc<PartitionState>],
-) -> bool {
+    metrics: Option<&ConsumerMetrics>,
+) {
     let list = offsets(topic, states, PartitionState::watermark);
     if list.count() == 0 {
-        return false;
+        return;
     }
     match consumer.commit(&list, CommitMode::Sync) {
         Ok(()) => {
             tracing::debug!(topic, offsets = ?list, "committed");
-            true
+            if let Some(metrics) = metrics {
+                metrics.committed();
+            }
         }
-        Err(e) => {
-            tracing::warn!(
-                topic,
-                error = %e,
-                "final commit failed; messages after the last successful commit will be delivered again"
-            );
-            false
-        }
+        Err(e) => tracing::warn!(
+            topic,
+            error = %e,
+            "final commit failed; messages after the last successful commit will be delivered again"
+        ),
     }
 }
 

@@ -11,6 +11,7 @@
 //! middle of a record batch on resume, which some Kafka-compatible brokers never answer.
 
 use std::future::Future;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -54,7 +55,6 @@ pub(crate) fn spawn_member(
 ) -> Result<impl Future<Output = Result<(), Error>>, Error> {
     let conf = &queue.conf;
     let member = Arc::new(Member::new(queue.clone(), index));
-    let member_health = member.health.clone();
     let consumer: BaseConsumer<MemberContext> = consumer_config(conf, queue.observed.is_some())?
         .create_with_context(MemberContext {
             member: member.clone(),
@@ -88,7 +88,16 @@ pub(crate) fn spawn_member(
         .name(name)
         .spawn(move || {
             let health = fetch.member.health.clone();
-            let result = fetch.run();
+            let consumer = fetch.member.queue.name.clone();
+            // A panic ends the member like an error, and the health endpoint sees it at once
+            // rather than when the queue gets round to awaiting this member.
+            let result =
+                panic::catch_unwind(AssertUnwindSafe(|| fetch.run())).unwrap_or_else(|_| {
+                    Err(Error::Stopped {
+                        consumer,
+                        reason: "the fetch thread panicked".into(),
+                    })
+                });
             if let Some(health) = health {
                 health.stopped(result.is_err());
             }
@@ -99,15 +108,11 @@ pub(crate) fn spawn_member(
             reason: format!("cannot start the fetch thread: {e}"),
         })?;
     let consumer_name = queue.name.clone();
-    let health = member_health;
     Ok(async move {
         stopped_rx.await.unwrap_or_else(|_| {
-            if let Some(health) = &health {
-                health.stopped(true);
-            }
             Err(Error::Stopped {
                 consumer: consumer_name,
-                reason: "the fetch thread panicked".into(),
+                reason: "the fetch thread ended without a result".into(),
             })
         })
     })
@@ -293,11 +298,12 @@ impl FetchLoop {
     fn commit_if_due(&mut self) {
         if self.last_commit.elapsed() >= self.member.queue.conf.commit_interval {
             self.last_commit = Instant::now();
-            let committed =
-                commit::commit_moved(&self.consumer, &self.member.topic, &self.member.owned());
-            if let (true, Some(observed)) = (committed, &self.member.queue.observed) {
-                observed.committed();
-            }
+            commit::commit_moved(
+                &self.consumer,
+                &self.member.topic,
+                &self.member.owned(),
+                self.member.queue.observed.as_deref(),
+            );
         }
     }
 

@@ -91,10 +91,12 @@ impl Member {
                 "handlers still running after the shutdown timeout; their messages will be delivered again"
             );
         }
-        let committed = commit::commit_sync(consumer, &self.topic, &released);
-        if let (true, Some(observed)) = (committed, &self.queue.observed) {
-            observed.committed();
-        }
+        commit::commit_sync(
+            consumer,
+            &self.topic,
+            &released,
+            self.queue.observed.as_deref(),
+        );
     }
 }
 
