@@ -9,9 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{consumer_conf, create_topic, eventually, pusher_conf, unique};
-use kq::{ConsumerRegistration, HandlerContext, KqConf, Pusher, Queue, Shutdown};
-use tokio::task::JoinHandle;
+use common::{consumer_conf, create_topic, eventually, pusher_conf, unique, Running};
+use kq::Pusher;
 
 /// What handlers saw, for the test to check.
 #[derive(Default)]
@@ -58,42 +57,6 @@ impl Seen {
         let n = attempts.entry(value.to_owned()).or_default();
         *n += 1;
         *n
-    }
-}
-
-/// A running queue of a registered consumer.
-struct Running {
-    shutdown: Shutdown,
-    task: JoinHandle<Result<(), kq::Error>>,
-}
-
-impl Running {
-    fn start(consumer: &str, conf: KqConf, seen: &Arc<Seen>) -> Running {
-        Running::start_queue(consumer, conf, seen, |q| q)
-    }
-
-    fn start_queue(
-        consumer: &str,
-        conf: KqConf,
-        seen: &Arc<Seen>,
-        configure: impl FnOnce(Queue) -> Queue,
-    ) -> Running {
-        let handler = ConsumerRegistration::find(consumer)
-            .expect("registered")
-            .bind(HandlerContext::new(seen.clone()))
-            .expect("state matches");
-        let shutdown = Shutdown::new();
-        let queue = configure(Queue::new(consumer, conf, handler));
-        let task = tokio::spawn(queue.run(shutdown.clone()));
-        Running { shutdown, task }
-    }
-
-    async fn stop(self) {
-        self.shutdown.trigger();
-        self.task
-            .await
-            .expect("queue task")
-            .expect("queue ran cleanly");
     }
 }
 

@@ -10,8 +10,8 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{eventually, unique};
-use kq::{ConsumerRegistration, HandlerContext, KqConf, Pusher, PusherConf, Queue, Shutdown};
+use common::{eventually, unique, Running};
+use kq::{KqConf, Pusher, PusherConf};
 
 fn broker_script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/broker.sh")
@@ -51,24 +51,18 @@ async fn durable(seen: kq::State<Seen>, _key: &str, value: &str) {
 
 async fn consume(brokers: &str, group: &str, topic: &str, expected: usize) -> Vec<String> {
     let seen = Arc::new(Seen::default());
-    let handler = ConsumerRegistration::find("durable")
-        .unwrap()
-        .bind(HandlerContext::new(seen.clone()))
-        .unwrap();
     let mut conf = KqConf::new([brokers], group, topic);
     conf.offset = kq::Offset::First;
     conf.max_wait = Duration::from_millis(50);
     conf.min_bytes = 1;
     conf.session_timeout = Duration::from_secs(6);
-    let shutdown = Shutdown::new();
-    let task = tokio::spawn(Queue::new("durable", conf, handler).run(shutdown.clone()));
+    let running = Running::start("durable", conf, &seen);
     eventually(Duration::from_secs(90), || {
         seen.values.lock().unwrap().len() >= expected
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    shutdown.trigger();
-    task.await.unwrap().unwrap();
+    running.stop().await;
     let values = seen.values.lock().unwrap().clone();
     values
 }

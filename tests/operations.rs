@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{consumer_conf, create_topic, eventually, pusher_conf, unique};
+use common::{consumer_conf, create_topic, eventually, pusher_conf, unique, Running};
 use kq::observe::{self, DevServerConf};
-use kq::{ConsumerRegistration, HandlerContext, Pusher, Queue, Shutdown};
+use kq::Pusher;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -63,15 +63,10 @@ async fn metrics_health_and_readiness_are_served() {
     }
 
     let count = Arc::new(Count::default());
-    let handler = ConsumerRegistration::find("observed")
-        .unwrap()
-        .bind(HandlerContext::new(count.clone()))
-        .unwrap();
     let mut conf = consumer_conf(&topic);
     conf.retry.attempts = 2;
     conf.retry.backoff = Duration::from_millis(10);
-    let shutdown = Shutdown::new();
-    let task = tokio::spawn(Queue::new("observed", conf, handler).run(shutdown.clone()));
+    let running = Running::start("observed", conf, &count);
 
     let wait = Duration::from_secs(60);
     assert!(eventually(wait, || count.0.load(Ordering::SeqCst) >= 5).await);
@@ -150,8 +145,7 @@ async fn metrics_health_and_readiness_are_served() {
     );
 
     // A stopped consumer is no longer ready, but nothing died.
-    shutdown.trigger();
-    task.await.unwrap().unwrap();
+    running.stop().await;
     let (status, body) = get(port, "/readyz").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("observed member 0: stopped"), "{body}");

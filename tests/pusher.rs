@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{consumer_conf, create_topic, eventually, pusher_conf, real_broker, unique};
-use kq::{ConsumerRegistration, HandlerContext, PushError, Pusher, PusherConf, Queue, Shutdown};
+use common::{consumer_conf, create_topic, eventually, pusher_conf, real_broker, unique, Running};
+use kq::{PushError, Pusher, PusherConf};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -26,18 +26,11 @@ async fn counted(counter: kq::State<Counted>, _msg: &kq::Message) {
 /// Consumes `topic` from the start until `expected` messages were handled; returns how many.
 async fn consume_all(topic: &str, expected: usize) -> usize {
     let counter = Arc::new(Counted::default());
-    let handler = ConsumerRegistration::find("counted")
-        .unwrap()
-        .bind(HandlerContext::new(counter.clone()))
-        .unwrap();
-    let shutdown = Shutdown::new();
-    let task =
-        tokio::spawn(Queue::new("counted", consumer_conf(topic), handler).run(shutdown.clone()));
+    let running = Running::start("counted", consumer_conf(topic), &counter);
     eventually(WAIT, || counter.count.load(Ordering::SeqCst) >= expected).await;
     // Anything beyond `expected` would be a message pushed twice.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    shutdown.trigger();
-    task.await.unwrap().unwrap();
+    running.stop().await;
     counter.count.load(Ordering::SeqCst)
 }
 

@@ -10,9 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{consumer_conf, create_topic, eventually, pusher_conf, real_broker, unique};
-use kq::{ConsumerRegistration, HandlerContext, KqConf, Pusher, Queue, Shutdown};
-use tokio::task::JoinHandle;
+use common::{consumer_conf, create_topic, eventually, pusher_conf, real_broker, unique, Running};
+use kq::{KqConf, Pusher};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -60,32 +59,12 @@ struct Member {
     log: Arc<Log>,
 }
 
-struct Running {
-    shutdown: Shutdown,
-    task: JoinHandle<Result<(), kq::Error>>,
-}
-
 fn start(consumer: &str, conf: KqConf, id: usize, log: &Arc<Log>) -> Running {
-    let handler = ConsumerRegistration::find(consumer)
-        .expect("registered")
-        .bind(HandlerContext::new(Arc::new(Member {
-            id,
-            log: log.clone(),
-        })))
-        .expect("state matches");
-    let shutdown = Shutdown::new();
-    let task = tokio::spawn(Queue::new(consumer, conf, handler).run(shutdown.clone()));
-    Running { shutdown, task }
-}
-
-impl Running {
-    async fn stop(self) {
-        self.shutdown.trigger();
-        self.task
-            .await
-            .expect("queue task")
-            .expect("queue ran cleanly");
-    }
+    let member = Arc::new(Member {
+        id,
+        log: log.clone(),
+    });
+    Running::start(consumer, conf, &member)
 }
 
 fn pusher(topic: &str) -> Pusher {

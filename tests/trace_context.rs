@@ -7,8 +7,8 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{consumer_conf, create_topic, eventually, pusher_conf, unique};
-use kq::{ConsumerRegistration, HandlerContext, Pusher, Queue, Shutdown};
+use common::{consumer_conf, create_topic, eventually, pusher_conf, unique, Running};
+use kq::Pusher;
 use opentelemetry::trace::{TraceContextExt as _, TraceId, TracerProvider as _};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Instrument as _;
@@ -66,13 +66,7 @@ async fn a_push_inside_a_span_continues_its_trace_in_the_handler() {
     pusher.kpush("order-2", "untraced").await.expect("push");
 
     let seen = Arc::new(Seen::default());
-    let handler = ConsumerRegistration::find("traced")
-        .unwrap()
-        .bind(HandlerContext::new(seen.clone()))
-        .unwrap();
-    let shutdown = Shutdown::new();
-    let task =
-        tokio::spawn(Queue::new("traced", consumer_conf(&topic), handler).run(shutdown.clone()));
+    let running = Running::start("traced", consumer_conf(&topic), &seen);
     assert!(
         eventually(Duration::from_secs(60), || seen
             .messages
@@ -82,8 +76,7 @@ async fn a_push_inside_a_span_continues_its_trace_in_the_handler() {
             >= 4)
         .await
     );
-    shutdown.trigger();
-    task.await.unwrap().unwrap();
+    running.stop().await;
 
     let messages = seen.messages.lock().unwrap();
     for (value, traceparent, handler_trace) in messages.iter() {

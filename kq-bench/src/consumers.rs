@@ -123,16 +123,22 @@ fn kq_conf(settings: &Settings, topic: &str, processors: usize) -> KqConf {
     conf
 }
 
-/// Creates a topic and fills it with `messages` values of `value_bytes`, keys spread over
-/// `keys` distinct values, partitions dealt round-robin.
-async fn fill(settings: &Settings, messages: u64, keys: u64) -> anyhow::Result<String> {
-    let topic = unique("bench");
+/// Creates a topic with a name of its own and the suite's partitions.
+async fn new_topic(settings: &Settings, prefix: &str) -> anyhow::Result<String> {
+    let topic = unique(prefix);
     kq::create_topic(
         std::slice::from_ref(&settings.brokers),
         &topic,
         settings.partitions,
     )
     .await?;
+    Ok(topic)
+}
+
+/// Creates a topic and fills it with `messages` values of `value_bytes`, keys spread over
+/// `keys` distinct values, partitions dealt round-robin.
+async fn fill(settings: &Settings, messages: u64, keys: u64) -> anyhow::Result<String> {
+    let topic = new_topic(settings, "bench").await?;
     let producer: ThreadedProducer<_> = client(settings)
         .set("linger.ms", "5")
         .set("batch.size", "1000000")
@@ -335,13 +341,7 @@ pub async fn push_throughput(settings: &Settings) -> anyhow::Result<Vec<Row>> {
     let value = vec![b'x'; settings.value_bytes];
     let mut rows = Vec::new();
     for _ in 0..settings.reps {
-        let topic = unique("push");
-        kq::create_topic(
-            std::slice::from_ref(&settings.brokers),
-            &topic,
-            settings.partitions,
-        )
-        .await?;
+        let topic = new_topic(settings, "push").await?;
         let mut conf = PusherConf::new([settings.brokers.clone()], &topic);
         conf.flush_interval = Duration::from_millis(5);
         let pusher = kq::Pusher::from_conf(&conf)?;
@@ -363,13 +363,7 @@ pub async fn push_throughput(settings: &Settings) -> anyhow::Result<Vec<Row>> {
         );
         drop(pusher);
 
-        let topic = unique("push");
-        kq::create_topic(
-            std::slice::from_ref(&settings.brokers),
-            &topic,
-            settings.partitions,
-        )
-        .await?;
+        let topic = new_topic(settings, "push").await?;
         let producer: FutureProducer = client(settings)
             .set("partitioner", "murmur2_random")
             .set("batch.size", conf.chunk_size.to_string())
@@ -424,13 +418,7 @@ async fn latency_run(settings: &Settings, with_kq: bool) -> anyhow::Result<Row> 
     const RATE: u64 = 10_000;
     const SECONDS: u64 = 10;
     let n = RATE * SECONDS;
-    let topic = unique("latency");
-    kq::create_topic(
-        std::slice::from_ref(&settings.brokers),
-        &topic,
-        settings.partitions,
-    )
-    .await?;
+    let topic = new_topic(settings, "latency").await?;
     let counter = Counter::new(n + 1);
     let stop = Shutdown::new();
     let consumer = if with_kq {

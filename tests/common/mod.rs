@@ -6,9 +6,11 @@
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kq::{KqConf, PusherConf};
+use kq::{ConsumerRegistration, HandlerContext, KqConf, PusherConf, Queue, Shutdown};
+use tokio::task::JoinHandle;
 
 /// The broker list for tests: `KQ_TEST_BROKERS` (comma-separated), or `[embedded]`.
 pub fn brokers() -> Vec<String> {
@@ -69,6 +71,45 @@ pub fn pusher_conf(topic: &str) -> PusherConf {
     conf.sync_push = true;
     conf.flush_interval = Duration::from_millis(5);
     conf
+}
+
+/// A running queue of a registered consumer.
+pub struct Running {
+    shutdown: Shutdown,
+    task: JoinHandle<Result<(), kq::Error>>,
+}
+
+impl Running {
+    /// Runs the consumer registered as `consumer`, its handler bound to `state`.
+    pub fn start<S: Send + Sync + 'static>(consumer: &str, conf: KqConf, state: &Arc<S>) -> Self {
+        Running::start_queue(consumer, conf, state, |queue| queue)
+    }
+
+    /// The same, with the queue adjusted by `configure` before it runs.
+    pub fn start_queue<S: Send + Sync + 'static>(
+        consumer: &str,
+        conf: KqConf,
+        state: &Arc<S>,
+        configure: impl FnOnce(Queue) -> Queue,
+    ) -> Self {
+        let handler = ConsumerRegistration::find(consumer)
+            .expect("registered")
+            .bind(HandlerContext::new(state.clone()))
+            .expect("state matches");
+        let shutdown = Shutdown::new();
+        let queue = configure(Queue::new(consumer, conf, handler));
+        let task = tokio::spawn(queue.run(shutdown.clone()));
+        Running { shutdown, task }
+    }
+
+    /// Stops it gracefully and checks it ran cleanly.
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        self.task
+            .await
+            .expect("queue task")
+            .expect("queue ran cleanly");
+    }
 }
 
 /// Waits until `done` holds, for at most `limit`; false if it never did.
