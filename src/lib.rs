@@ -47,9 +47,9 @@ pub use kq_core::{
     conf, dead_letter_headers, observe, Acks, Assignor, BoxFuture, Compression, ConfigField,
     ConsumerRegistration, Delivery, DeliveryFailure, EmbeddedBroker, Error, ErrorHandler,
     FromMessage, Handler, HandlerContext, HandlerError, HandlerErrorKind, Headers,
-    IntoHandlerResult, Json, KqConf, KqConfig, LoadError, Message, Metrics, Offset, Ordering,
-    Outcome, Partitioner, Push, PushError, Pusher, PusherConf, Queue, RegisteredHandler, RetryConf,
-    ServiceGroup, Shutdown, State,
+    IntoHandlerResult, Json, KqConf, KqConfig, LoadError, Mechanism, Message, Metrics, Offset,
+    Ordering, Outcome, Partitioner, Push, PushError, Pusher, PusherConf, Queue, RegisteredHandler,
+    RetryConf, ServiceGroup, Shutdown, State,
 };
 
 /// Registers an `async fn` as the handler of a consumer queue.

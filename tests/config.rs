@@ -113,6 +113,8 @@ fn offset_defaults_to_last() {
 
 #[test]
 fn every_go_queue_key_is_read() {
+    // The CA file must exist: it is checked like every other value.
+    let ca = TempFile::new("ca.pem", "");
     let yaml = "\
 Name: mq
 Host: h
@@ -136,11 +138,12 @@ KqConsumerConf:
   CommitInterval: 500ms
   QueueCapacity: 64
   MaxWait: 1m30s
-";
-    let config = load("mq.yml", yaml).unwrap();
+"
+    .replace("/etc/ca.pem", &ca.0.display().to_string());
+    let config = load("mq.yml", &yaml).unwrap();
     let c = &config.kq_consumer_conf;
     assert_eq!(c.brokers, ["b:1", "b:2"]);
-    assert_eq!(c.ca_file, "/etc/ca.pem");
+    assert_eq!(c.ca_file, ca.0.display().to_string());
     assert_eq!((c.conns, c.consumers, c.processors), (3, 2, 16));
     assert_eq!((c.min_bytes, c.max_bytes), (1, 2_000_000));
     assert_eq!((c.username.as_str(), c.password.as_str()), ("u", "secret"));
@@ -312,4 +315,78 @@ fn serde_renames_are_honoured() {
     assert_eq!(config.kq_conf("Payments").unwrap().topic, "payments");
     assert!(config.kq_conf("paymentsConf").is_none());
     assert_eq!(config.kq_confs().len(), 2);
+}
+
+#[test]
+fn security_keys_are_read_for_consumers_and_pushers() {
+    let ca = TempFile::new("ca.pem", "-----BEGIN CERTIFICATE-----\n");
+    let ca = ca.0.display().to_string();
+    let security = format!(
+        "  CaFile: {ca}\n  CertFile: {ca}\n  KeyFile: {ca}\n  InsecureSkipVerify: true\n  \
+         Username: u\n  Password: p\n  Mechanism: SCRAM-SHA-512\n"
+    );
+    let yaml = SEED
+        .replace("  Offset: first\n", &format!("  Offset: first\n{security}"))
+        .replace(
+            "  Topic: payment-success\n\n",
+            &format!("  Topic: payment-success\n{security}\n"),
+        );
+    let config = load("mq.yaml", &yaml).unwrap();
+    let c = &config.kq_consumer_conf;
+    let p = &config.kq_pusher_conf;
+    for (ca_file, cert_file, key_file, skip, mechanism) in [
+        (
+            &c.ca_file,
+            &c.cert_file,
+            &c.key_file,
+            c.insecure_skip_verify,
+            c.mechanism,
+        ),
+        (
+            &p.ca_file,
+            &p.cert_file,
+            &p.key_file,
+            p.insecure_skip_verify,
+            p.mechanism,
+        ),
+    ] {
+        assert_eq!((ca_file, cert_file, key_file), (&ca, &ca, &ca));
+        assert!(skip);
+        assert_eq!(mechanism, kq::Mechanism::ScramSha512);
+    }
+    assert!(
+        !c.tls && !p.tls,
+        "TLS follows from the files, `Tls` stays as written"
+    );
+}
+
+#[test]
+fn security_mistakes_name_the_key() {
+    let with = |keys: &str| SEED.replace("  Offset: first\n", &format!("  Offset: first\n{keys}"));
+
+    let e = load_err("mq.yaml", &with("  Mechanism: SCRAM-SHA-1\n"));
+    assert!(e.contains("KqConsumerConf.Mechanism"), "{e}");
+    assert!(
+        e.contains("SCRAM-SHA-256") && e.contains("SCRAM-SHA-512"),
+        "{e}"
+    );
+
+    let e = load_err("mq.yaml", &with("  CaFile: /nonexistent/ca.pem\n"));
+    assert!(
+        e.contains("`KqConsumerConf.CaFile` cannot be read from `/nonexistent/ca.pem`"),
+        "{e}"
+    );
+
+    let key = TempFile::new("client.key", "");
+    let e = load_err(
+        "mq.yaml",
+        &with(&format!("  KeyFile: {}\n", key.0.display())),
+    );
+    assert!(
+        e.contains("`KqConsumerConf.CertFile` is needed with `KeyFile`"),
+        "{e}"
+    );
+
+    let e = load_err("mq.yaml", &with("  Mechanism: SCRAM-SHA-256\n"));
+    assert!(e.contains("`KqConsumerConf.Username` must be set"), "{e}");
 }

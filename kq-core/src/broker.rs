@@ -8,6 +8,7 @@ use std::thread;
 use rdkafka::mocking::MockCluster;
 use rdkafka::ClientConfig;
 
+use crate::conf::{InvalidConf, Mechanism};
 use crate::error::Error;
 
 /// The broker list entry that selects the embedded broker.
@@ -21,11 +22,68 @@ pub(crate) struct Connection<'a> {
     pub name: &'a str,
     pub brokers: &'a [String],
     pub ca_file: &'a str,
+    pub cert_file: &'a str,
+    pub key_file: &'a str,
+    pub tls: bool,
+    pub insecure_skip_verify: bool,
     pub username: &'a str,
     pub password: &'a str,
+    pub mechanism: Mechanism,
 }
 
 impl Connection<'_> {
+    /// Brokers reached without TLS or SASL.
+    pub fn plain<'a>(name: &'a str, brokers: &'a [String]) -> Connection<'a> {
+        Connection {
+            name,
+            brokers,
+            ca_file: "",
+            cert_file: "",
+            key_file: "",
+            tls: false,
+            insecure_skip_verify: false,
+            username: "",
+            password: "",
+            mechanism: Mechanism::Plain,
+        }
+    }
+
+    fn uses_tls(&self) -> bool {
+        self.tls || !self.ca_file.is_empty() || !self.cert_file.is_empty()
+    }
+
+    fn uses_sasl(&self) -> bool {
+        !self.username.is_empty()
+    }
+
+    /// Checks the security keys: both halves of a client certificate, readable files, a user
+    /// for SCRAM. Names the key at fault.
+    pub fn validate(&self) -> Result<(), InvalidConf> {
+        match (self.cert_file.is_empty(), self.key_file.is_empty()) {
+            (false, true) => return Err(InvalidConf::new("KeyFile", "is needed with `CertFile`")),
+            (true, false) => return Err(InvalidConf::new("CertFile", "is needed with `KeyFile`")),
+            _ => {}
+        }
+        for (key, path) in [
+            ("CaFile", self.ca_file),
+            ("CertFile", self.cert_file),
+            ("KeyFile", self.key_file),
+        ] {
+            if !path.is_empty() {
+                std::fs::File::open(path).map_err(|e| {
+                    InvalidConf::new(key, format!("cannot be read from `{path}`: {e}"))
+                })?;
+            }
+        }
+        if !self.uses_sasl() && (!self.password.is_empty() || self.mechanism != Mechanism::Plain) {
+            return Err(InvalidConf::new(
+                "Username",
+                "must be set when `Password` or `Mechanism` is",
+            ));
+        }
+        Ok(())
+    }
+
     /// A librdkafka configuration with bootstrap servers, client id and security set.
     pub fn client_config(&self) -> Result<ClientConfig, Error> {
         let mut config = ClientConfig::new();
@@ -33,21 +91,29 @@ impl Connection<'_> {
         if !self.name.is_empty() {
             config.set("client.id", self.name);
         }
-        let tls = !self.ca_file.is_empty();
-        let sasl = !self.username.is_empty();
-        let protocol = match (tls, sasl) {
+        let protocol = match (self.uses_tls(), self.uses_sasl()) {
             (false, false) => "plaintext",
             (true, false) => "ssl",
             (false, true) => "sasl_plaintext",
             (true, true) => "sasl_ssl",
         };
         config.set("security.protocol", protocol);
-        if tls {
+        if !self.ca_file.is_empty() {
             config.set("ssl.ca.location", self.ca_file);
         }
-        if sasl {
+        if !self.cert_file.is_empty() {
             config
-                .set("sasl.mechanism", "PLAIN")
+                .set("ssl.certificate.location", self.cert_file)
+                .set("ssl.key.location", self.key_file);
+        }
+        if self.insecure_skip_verify {
+            config
+                .set("enable.ssl.certificate.verification", "false")
+                .set("ssl.endpoint.identification.algorithm", "none");
+        }
+        if self.uses_sasl() {
+            config
+                .set("sasl.mechanism", self.mechanism.keyword())
                 .set("sasl.username", self.username)
                 .set("sasl.password", self.password);
         }
@@ -215,13 +281,7 @@ pub async fn create_topic(brokers: &[String], topic: &str, partitions: i32) -> R
     if is_embedded(brokers) {
         return EmbeddedBroker::get()?.create_topic(topic, partitions);
     }
-    let connection = Connection {
-        name: "",
-        brokers,
-        ca_file: "",
-        username: "",
-        password: "",
-    };
+    let connection = Connection::plain("", brokers);
     let admin: AdminClient<rdkafka::client::DefaultClientContext> =
         connection.client_config()?.create()?;
     let results = admin

@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
+use crate::broker::Connection;
+
 /// Where a consumer group with no committed offset (or an out-of-range one) starts reading.
 ///
 /// YAML accepts exactly `first` or `last`, as go-queue does.
@@ -58,6 +60,18 @@ pub enum Assignor {
     RoundRobin,
 }
 
+/// The SASL mechanism used with `Username` and `Password` (`sasl.mechanism`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mechanism {
+    /// The password travels as is: use it over TLS. go-queue's only mechanism.
+    #[default]
+    Plain,
+    /// Salted challenge-response with SHA-256; the password never crosses the wire.
+    ScramSha256,
+    /// Salted challenge-response with SHA-512.
+    ScramSha512,
+}
+
 /// Implements `Deserialize` for a unit-variant enum from its keywords, with an error that
 /// lists every accepted keyword (the config crate's own enum error does not).
 macro_rules! keyword_enum {
@@ -99,6 +113,11 @@ keyword_enum!(Partitioner {
     ConsistentRandom => "consistent_random",
     Fnv1aRandom => "fnv1a_random",
     Random => "random",
+});
+keyword_enum!(Mechanism {
+    Plain => "PLAIN",
+    ScramSha256 => "SCRAM-SHA-256",
+    ScramSha512 => "SCRAM-SHA-512",
 });
 keyword_enum!(Acks { All => "all", Leader => "1", None => "0" });
 keyword_enum!(Compression {
@@ -165,6 +184,20 @@ pub struct KqConf {
     /// A PEM file of the certificate authority that signed the brokers' certificates; turns TLS on.
     #[serde(default)]
     pub ca_file: String,
+    /// A PEM file with this client's certificate, for brokers that ask for one; turns TLS on.
+    #[serde(default)]
+    pub cert_file: String,
+    /// The PEM file of `CertFile`'s private key.
+    #[serde(default)]
+    pub key_file: String,
+    /// TLS verified against the system's certificate authorities, for brokers whose
+    /// certificates a public authority signed.
+    #[serde(default)]
+    pub tls: bool,
+    /// Accept any broker certificate, unverified. Only for test clusters: it gives up what
+    /// TLS protects against.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
     /// Where a group without a committed offset starts: `first` or `last`.
     #[serde(default)]
     pub offset: Offset,
@@ -189,6 +222,9 @@ pub struct KqConf {
     /// SASL password.
     #[serde(default)]
     pub password: String,
+    /// SASL mechanism: `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    #[serde(default)]
+    pub mechanism: Mechanism,
     /// After the error policy is exhausted: commit past the failed message (`true`) or hold
     /// its partition and keep retrying it (`false`).
     #[serde(default = "defaults::yes")]
@@ -239,6 +275,10 @@ impl KqConf {
             group: group.into(),
             topic: topic.into(),
             ca_file: String::new(),
+            cert_file: String::new(),
+            key_file: String::new(),
+            tls: false,
+            insecure_skip_verify: false,
             offset: Offset::default(),
             conns: defaults::conns(),
             consumers: defaults::consumers(),
@@ -247,6 +287,7 @@ impl KqConf {
             max_bytes: defaults::max_bytes(),
             username: String::new(),
             password: String::new(),
+            mechanism: Mechanism::default(),
             force_commit: true,
             commit_in_order: false,
             commit_interval: defaults::commit_interval(),
@@ -258,6 +299,22 @@ impl KqConf {
             shutdown_timeout: defaults::shutdown_timeout(),
             assignor: Assignor::default(),
             session_timeout: defaults::session_timeout(),
+        }
+    }
+
+    /// The connection and security keys, as the client settings are built from them.
+    pub(crate) fn connection(&self) -> Connection<'_> {
+        Connection {
+            name: &self.name,
+            brokers: &self.brokers,
+            ca_file: &self.ca_file,
+            cert_file: &self.cert_file,
+            key_file: &self.key_file,
+            tls: self.tls,
+            insecure_skip_verify: self.insecure_skip_verify,
+            username: &self.username,
+            password: &self.password,
+            mechanism: self.mechanism,
         }
     }
 
@@ -275,6 +332,7 @@ impl KqConf {
         require_brokers(&self.brokers)?;
         require("Group", &self.group)?;
         require("Topic", &self.topic)?;
+        self.connection().validate()?;
         at_least("Conns", self.conns, 1)?;
         at_least("Consumers", self.consumers, 1)?;
         at_least("Processors", self.processors, 1)?;
@@ -303,6 +361,10 @@ impl fmt::Debug for KqConf {
             .field("group", &self.group)
             .field("topic", &self.topic)
             .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("tls", &self.tls)
+            .field("insecure_skip_verify", &self.insecure_skip_verify)
             .field("offset", &self.offset)
             .field("conns", &self.conns)
             .field("consumers", &self.consumers)
@@ -311,6 +373,7 @@ impl fmt::Debug for KqConf {
             .field("max_bytes", &self.max_bytes)
             .field("username", &self.username)
             .field("password", &Redacted(&self.password))
+            .field("mechanism", &self.mechanism)
             .field("force_commit", &self.force_commit)
             .field("commit_in_order", &self.commit_in_order)
             .field("commit_interval", &self.commit_interval)
@@ -386,12 +449,29 @@ pub struct PusherConf {
     /// A PEM file of the certificate authority that signed the brokers' certificates; turns TLS on.
     #[serde(default)]
     pub ca_file: String,
+    /// A PEM file with this client's certificate, for brokers that ask for one; turns TLS on.
+    #[serde(default)]
+    pub cert_file: String,
+    /// The PEM file of `CertFile`'s private key.
+    #[serde(default)]
+    pub key_file: String,
+    /// TLS verified against the system's certificate authorities, for brokers whose
+    /// certificates a public authority signed.
+    #[serde(default)]
+    pub tls: bool,
+    /// Accept any broker certificate, unverified. Only for test clusters: it gives up what
+    /// TLS protects against.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
     /// SASL user; turns SASL on when set.
     #[serde(default)]
     pub username: String,
     /// SASL password.
     #[serde(default)]
     pub password: String,
+    /// SASL mechanism: `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    #[serde(default)]
+    pub mechanism: Mechanism,
     /// Bytes gathered into one batch before it is sent (go-queue's chunk size; `batch.size`).
     #[serde(default = "defaults::chunk_size")]
     pub chunk_size: usize,
@@ -434,8 +514,13 @@ impl PusherConf {
             brokers: brokers.into_iter().map(Into::into).collect(),
             topic: topic.into(),
             ca_file: String::new(),
+            cert_file: String::new(),
+            key_file: String::new(),
+            tls: false,
+            insecure_skip_verify: false,
             username: String::new(),
             password: String::new(),
+            mechanism: Mechanism::default(),
             chunk_size: defaults::chunk_size(),
             flush_interval: defaults::flush_interval(),
             sync_push: false,
@@ -448,10 +533,27 @@ impl PusherConf {
         }
     }
 
+    /// The connection and security keys, as the client settings are built from them.
+    pub(crate) fn connection(&self) -> Connection<'_> {
+        Connection {
+            name: &self.name,
+            brokers: &self.brokers,
+            ca_file: &self.ca_file,
+            cert_file: &self.cert_file,
+            key_file: &self.key_file,
+            tls: self.tls,
+            insecure_skip_verify: self.insecure_skip_verify,
+            username: &self.username,
+            password: &self.password,
+            mechanism: self.mechanism,
+        }
+    }
+
     /// Checks what serde cannot. Names the key at fault.
     pub fn validate(&self) -> Result<(), InvalidConf> {
         require_brokers(&self.brokers)?;
         require("Topic", &self.topic)?;
+        self.connection().validate()?;
         at_least("ChunkSize", self.chunk_size, 1)?;
         if self.idempotence && self.acks != Acks::All {
             return Err(InvalidConf::new("Idempotence", "needs `Acks: all`"));
@@ -468,8 +570,13 @@ impl fmt::Debug for PusherConf {
             .field("brokers", &self.brokers)
             .field("topic", &self.topic)
             .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("tls", &self.tls)
+            .field("insecure_skip_verify", &self.insecure_skip_verify)
             .field("username", &self.username)
             .field("password", &Redacted(&self.password))
+            .field("mechanism", &self.mechanism)
             .field("chunk_size", &self.chunk_size)
             .field("flush_interval", &self.flush_interval)
             .field("sync_push", &self.sync_push)
@@ -494,7 +601,7 @@ pub struct InvalidConf {
 }
 
 impl InvalidConf {
-    fn new(key: &'static str, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(key: &'static str, reason: impl Into<String>) -> Self {
         InvalidConf {
             key,
             reason: reason.into(),

@@ -22,7 +22,8 @@ mod trace;
 
 pub use broker::{create_topic, EmbeddedBroker};
 pub use conf::{
-    Acks, Assignor, Compression, KqConf, Offset, Ordering, Partitioner, PusherConf, RetryConf,
+    Acks, Assignor, Compression, KqConf, Mechanism, Offset, Ordering, Partitioner, PusherConf,
+    RetryConf,
 };
 pub use error::Error;
 pub use handler::{

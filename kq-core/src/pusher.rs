@@ -16,7 +16,6 @@ use rdkafka::producer::{
 };
 use tokio::sync::oneshot;
 
-use crate::broker::Connection;
 use crate::conf::PusherConf;
 use crate::error::Error;
 
@@ -225,13 +224,7 @@ impl Pusher {
     /// A pusher configured by a `PusherConf` block.
     pub fn from_conf(conf: &PusherConf) -> Result<Pusher, Error> {
         conf.validate()?;
-        let connection = Connection {
-            name: &conf.name,
-            brokers: &conf.brokers,
-            ca_file: &conf.ca_file,
-            username: &conf.username,
-            password: &conf.password,
-        };
+        let connection = conf.connection();
         connection.ensure_embedded_topic(&conf.topic)?;
         let linger = if conf.sync_push {
             0

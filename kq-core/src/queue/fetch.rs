@@ -27,7 +27,6 @@ use super::offsets::PartitionState;
 use super::processor;
 use super::rebalance::{Member, MemberContext};
 use super::QueueShared;
-use crate::broker::Connection;
 use crate::conf::KqConf;
 use crate::error::Error;
 use crate::message::Message;
@@ -120,13 +119,7 @@ pub(crate) fn spawn_member(
 
 /// librdkafka's consumer settings for a `KqConf`.
 fn consumer_config(conf: &KqConf, observed: bool) -> Result<ClientConfig, Error> {
-    let connection = Connection {
-        name: &conf.name,
-        brokers: &conf.brokers,
-        ca_file: &conf.ca_file,
-        username: &conf.username,
-        password: &conf.password,
-    };
+    let connection = conf.connection();
     connection.ensure_embedded_topic(&conf.topic)?;
     let mut config = connection.client_config()?;
     config

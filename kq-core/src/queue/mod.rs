@@ -226,9 +226,15 @@ async fn log_stats(metrics: Arc<ConsumerMetrics>, shutdown: Shutdown) {
 fn dead_letter_pusher(conf: &KqConf, topic: &str) -> Result<Pusher, Error> {
     let mut pusher_conf = crate::conf::PusherConf::new(conf.brokers.clone(), topic);
     pusher_conf.name = conf.name.clone();
+    // The dead-letter topic lives in the consumer's cluster: the same credentials reach it.
     pusher_conf.ca_file = conf.ca_file.clone();
+    pusher_conf.cert_file = conf.cert_file.clone();
+    pusher_conf.key_file = conf.key_file.clone();
+    pusher_conf.tls = conf.tls;
+    pusher_conf.insecure_skip_verify = conf.insecure_skip_verify;
     pusher_conf.username = conf.username.clone();
     pusher_conf.password = conf.password.clone();
+    pusher_conf.mechanism = conf.mechanism;
     // A dead letter must be on the broker before its source offset is committed.
     pusher_conf.sync_push = true;
     pusher_conf.flush_interval = Duration::from_millis(5);
