@@ -44,12 +44,12 @@
 
 pub use kq_core::{app::registered_queues, create_topic, load_config, sleep, spawn};
 pub use kq_core::{
-    conf, dead_letter_headers, observe, Acks, Assignor, BoxFuture, Compression, ConfigField,
-    ConsumerRegistration, Delivery, DeliveryFailure, EmbeddedBroker, Error, ErrorHandler,
-    FromMessage, Handler, HandlerContext, HandlerError, HandlerErrorKind, Headers,
-    IntoHandlerResult, Json, KqConf, KqConfig, LoadError, Mechanism, Message, Metrics, Offset,
-    Ordering, Outcome, Partitioner, Push, PushError, Pusher, PusherConf, Queue, RegisteredHandler,
-    RetryConf, ServiceGroup, Shutdown, State,
+    conf, dead_letter_headers, observe, telemetry, Acks, Assignor, BoxFuture, Compression,
+    ConfigField, ConsumerRegistration, Delivery, DeliveryFailure, EmbeddedBroker, Error,
+    ErrorHandler, FromMessage, Handler, HandlerContext, HandlerError, HandlerErrorKind, Headers,
+    IntoHandlerResult, Json, KqConf, KqConfig, LoadError, LogConf, Mechanism, Message, Metrics,
+    Offset, Ordering, Outcome, Partitioner, Push, PushError, Pusher, PusherConf, Queue,
+    RegisteredHandler, RetryConf, ServiceGroup, Shutdown, State, TelemetryConf,
 };
 
 /// Registers an `async fn` as the handler of a consumer queue.

@@ -6,11 +6,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{consumer_conf, create_topic, eventually, pusher_conf, unique, Running};
+use common::{consumer_conf, create_topic, eventually, http_get, pusher_conf, unique, Running};
 use kq::observe::{self, DevServerConf};
 use kq::Pusher;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 #[derive(Default)]
 struct Count(AtomicUsize);
@@ -22,18 +21,6 @@ async fn observed(count: kq::State<Count>, _key: &str, value: &str) -> Result<()
         "bad" => Err("cannot handle it".into()),
         _ => Ok(()),
     }
-}
-
-/// GETs `path`; returns the status code and the body.
-async fn get(port: u16, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response.split_once("\r\n\r\n").unwrap().1.to_owned();
-    (status, body)
 }
 
 /// The value of the first sample whose line starts with `prefix`.
@@ -51,9 +38,9 @@ async fn metrics_health_and_readiness_are_served() {
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(observe::serve(listener, DevServerConf::default()));
     // No consumer yet: alive, not ready.
-    assert_eq!(get(port, "/healthz").await.0, 200);
-    assert_eq!(get(port, "/readyz").await.0, 503);
-    assert_eq!(get(port, "/nothing").await.0, 404);
+    assert_eq!(http_get(port, "/healthz").await.0, 200);
+    assert_eq!(http_get(port, "/readyz").await.0, 503);
+    assert_eq!(http_get(port, "/nothing").await.0, 404);
 
     let topic = unique("observed");
     create_topic(&topic, 2).await;
@@ -72,7 +59,7 @@ async fn metrics_health_and_readiness_are_served() {
     assert!(eventually(wait, || count.0.load(Ordering::SeqCst) >= 5).await);
     let mut ready = (0, String::new());
     for _ in 0..100 {
-        ready = get(port, "/readyz").await;
+        ready = http_get(port, "/readyz").await;
         if ready.0 == 200 {
             break;
         }
@@ -84,13 +71,13 @@ async fn metrics_health_and_readiness_are_served() {
         "{}",
         ready.1
     );
-    assert_eq!(get(port, "/healthz").await.0, 200);
+    assert_eq!(http_get(port, "/healthz").await.0, 200);
 
     // Lag arrives with librdkafka's statistics, once a second; commits on CommitInterval.
     let labels = format!("consumer=\"observed\",topic=\"{topic}\"");
     let mut metrics = String::new();
     for _ in 0..100 {
-        metrics = get(port, "/metrics").await.1;
+        metrics = http_get(port, "/metrics").await.1;
         let commits = sample(&metrics, &format!("kq_commits_total{{{labels}}}"));
         if metrics.contains("kq_consumer_lag{") && commits.unwrap_or(0.0) >= 1.0 {
             break;
@@ -146,8 +133,8 @@ async fn metrics_health_and_readiness_are_served() {
 
     // A stopped consumer is no longer ready, but nothing died.
     running.stop().await;
-    let (status, body) = get(port, "/readyz").await;
+    let (status, body) = http_get(port, "/readyz").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("observed member 0: stopped"), "{body}");
-    assert_eq!(get(port, "/healthz").await.0, 200);
+    assert_eq!(http_get(port, "/healthz").await.0, 200);
 }

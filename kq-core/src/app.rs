@@ -6,13 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use crate::conf::KqConf;
+use crate::conf::{KqConf, LogConf, TelemetryConf};
 use crate::handler::HandlerContext;
 use crate::load::{load_config, LoadError};
 use crate::observe::{self, DevServerConf, PrometheusConf};
 use crate::queue::Queue;
 use crate::registry::{ConsumerRegistration, KqConfig};
 use crate::service::ServiceGroup;
+use crate::telemetry;
 
 /// The default config file, as go-zero's services have it.
 pub const DEFAULT_CONFIG_FILE: &str = "etc/mq.yaml";
@@ -34,7 +35,6 @@ where
     S: Send + Sync + 'static,
 {
     let args = parse_args();
-    init_tracing();
     match run(&args, build_state) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure { code, message }) => {
@@ -77,6 +77,10 @@ where
         .map_err(|problems| Failure::config(LoadError::new(file, problems.join("; "))))?;
     // Read before `--check` returns, so that it validates these keys too.
     let service: ServiceKeys = load_config(file).map_err(Failure::config)?;
+    let service = service.or_from_queues(&config);
+    service
+        .validate()
+        .map_err(|problem| Failure::config(LoadError::new(file, problem)))?;
     if args.mode != Mode::Run {
         let (consumers, problems) = resolve(&config);
         if !problems.is_empty() {
@@ -92,6 +96,9 @@ where
         }
         return Ok(());
     }
+    let log = service.log.clone().unwrap_or_default();
+    let _telemetry =
+        telemetry::init(&log, service.telemetry.as_ref(), &service.name).map_err(Failure::run)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -124,25 +131,54 @@ where
     })
 }
 
-/// go-zero's service keys at the top of the config file that kq serves from.
+/// go-zero's `ServiceConf` keys that kq serves from: at the top of the config file, or, where
+/// the top has no such block, in the first queue's `KqConf` that has one (a go-queue `KqConf`
+/// embeds `ServiceConf`).
 #[derive(serde::Deserialize, Default)]
 #[serde(rename_all = "PascalCase", default)]
 struct ServiceKeys {
-    dev_server: DevServerConf,
-    prometheus: PrometheusConf,
+    name: String,
+    log: Option<LogConf>,
+    telemetry: Option<TelemetryConf>,
+    dev_server: Option<DevServerConf>,
+    prometheus: Option<PrometheusConf>,
 }
 
 impl ServiceKeys {
+    /// Fills the blocks the top level lacks from the queues' confs, in key order.
+    fn or_from_queues<C: KqConfig>(mut self, config: &C) -> Self {
+        for conf in config.kq_confs().values() {
+            if self.name.is_empty() {
+                self.name.clone_from(&conf.name);
+            }
+            self.log = self.log.or_else(|| conf.log.clone());
+            self.telemetry = self.telemetry.or_else(|| conf.telemetry.clone());
+            self.dev_server = self.dev_server.or_else(|| conf.dev_server.clone());
+            self.prometheus = self.prometheus.or_else(|| conf.prometheus.clone());
+        }
+        self
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        match &self.telemetry {
+            Some(telemetry) => telemetry.validate().map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }
+
     /// The servers to start: `DevServer` when enabled, and `Prometheus` (metrics only) when it
     /// has a port of its own.
     fn servers(&self) -> Vec<(String, DevServerConf)> {
         let mut servers = Vec::new();
-        if self.dev_server.enabled {
-            let conf = self.dev_server.clone();
-            servers.push((format!("{}:{}", conf.host, conf.port), conf));
+        let dev_server = self.dev_server.clone().unwrap_or_default();
+        if dev_server.enabled {
+            servers.push((
+                format!("{}:{}", dev_server.host, dev_server.port),
+                dev_server.clone(),
+            ));
         }
-        let prometheus = &self.prometheus;
-        let same_port = self.dev_server.enabled && prometheus.port == self.dev_server.port;
+        let prometheus = self.prometheus.clone().unwrap_or_default();
+        let same_port = dev_server.enabled && prometheus.port == dev_server.port;
         if prometheus.port != 0 && !same_port {
             let conf = DevServerConf {
                 metrics_path: prometheus.path.clone(),
@@ -224,20 +260,6 @@ fn binary_name() -> String {
 }
 
 /// Logs to stdout at `info`, or as `RUST_LOG` says (`info,kq_core=debug`, ...).
-fn init_tracing() {
-    use tracing_subscriber::filter::{LevelFilter, Targets};
-    use tracing_subscriber::prelude::*;
-
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|spec| spec.parse::<Targets>().ok())
-        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
-    let _ = tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer())
-        .with(filter)
-        .try_init();
-}
-
 /// A queue for every registered consumer, bound to `context`. Every problem is reported,
 /// not only the first: a conf key the config lacks, two consumers on one conf, a `State<S>`
 /// of the wrong type.

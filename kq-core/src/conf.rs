@@ -152,6 +152,144 @@ impl Default for RetryConf {
     }
 }
 
+/// How much a service logs: go-zero's levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogLevel {
+    /// Everything, debug events included.
+    Debug,
+    /// Info and above (go-zero's default).
+    #[default]
+    Info,
+    /// Warnings and errors.
+    Error,
+    /// Errors only.
+    Severe,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogEncoding {
+    /// One JSON object per line (go-zero's default).
+    #[default]
+    Json,
+    /// Human-readable text.
+    Plain,
+}
+
+/// The OpenTelemetry exporter. go-zero's other batchers (`jaeger`, `zipkin`, `otlpgrpc`,
+/// `file`) are refused by name; Jaeger and most collectors accept OTLP over HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Batcher {
+    /// OTLP, protobuf over HTTP.
+    #[default]
+    OtlpHttp,
+}
+
+keyword_enum!(LogLevel {
+    Debug => "debug",
+    Info => "info",
+    Error => "error",
+    Severe => "severe",
+});
+keyword_enum!(LogEncoding { Json => "json", Plain => "plain" });
+keyword_enum!(Batcher { OtlpHttp => "otlphttp" });
+
+/// go-zero's `Log` block, the keys kq reads. Logs go to stdout (go-zero's `console` mode).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct LogConf {
+    /// `debug`, `info`, `error` or `severe`. `RUST_LOG`, when set, takes its place.
+    pub level: LogLevel,
+    /// `json` or `plain`.
+    pub encoding: LogEncoding,
+    /// Log each consumer's stat line once a minute.
+    pub stat: bool,
+}
+
+impl Default for LogConf {
+    fn default() -> Self {
+        LogConf {
+            level: LogLevel::default(),
+            encoding: LogEncoding::default(),
+            stat: true,
+        }
+    }
+}
+
+/// go-zero's `Telemetry` block: where traces are exported. Needs kq's `opentelemetry`
+/// feature when `Endpoint` is set.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct TelemetryConf {
+    /// The service name on every span; the service's `Name` when empty.
+    pub name: String,
+    /// The collector, `host:port` or `http://host:port`; no export when empty.
+    pub endpoint: String,
+    /// The share of new traces sampled, from 0 to 1; a continued trace keeps its parent's choice.
+    pub sampler: f64,
+    /// The exporter: `otlphttp`.
+    pub batcher: Batcher,
+    /// Headers sent with every export (an API key, for instance).
+    pub otlp_headers: std::collections::BTreeMap<String, String>,
+    /// The collector's path for traces.
+    pub otlp_http_path: String,
+    /// Export nothing even though `Endpoint` is set.
+    pub disabled: bool,
+}
+
+impl Default for TelemetryConf {
+    fn default() -> Self {
+        TelemetryConf {
+            name: String::new(),
+            endpoint: String::new(),
+            sampler: 1.0,
+            batcher: Batcher::default(),
+            otlp_headers: Default::default(),
+            otlp_http_path: "/v1/traces".into(),
+            disabled: false,
+        }
+    }
+}
+
+impl TelemetryConf {
+    /// Whether spans are exported at all.
+    pub fn exports(&self) -> bool {
+        !self.disabled && !self.endpoint.trim().is_empty()
+    }
+
+    /// Checks what serde cannot. Names the key at fault.
+    pub fn validate(&self) -> Result<(), InvalidConf> {
+        if !(0.0..=1.0).contains(&self.sampler) {
+            return Err(InvalidConf::new(
+                "Telemetry.Sampler",
+                format!("must be between 0 and 1, got {}", self.sampler),
+            ));
+        }
+        if !self.exports() {
+            return Ok(());
+        }
+        if !cfg!(feature = "opentelemetry") {
+            return Err(InvalidConf::new(
+                "Telemetry.Endpoint",
+                "needs kq built with its `opentelemetry` feature",
+            ));
+        }
+        if self.endpoint.starts_with("https://") {
+            return Err(InvalidConf::new(
+                "Telemetry.Endpoint",
+                "must be plain HTTP (a collector or agent beside the service)",
+            ));
+        }
+        if !self.otlp_http_path.starts_with('/') {
+            return Err(InvalidConf::new(
+                "Telemetry.OtlpHttpPath",
+                "must start with `/`",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A consumer queue's configuration: go-queue's `kq.KqConf`, key for key, plus kq's own keys.
 ///
 /// ```
@@ -169,7 +307,7 @@ impl Default for RetryConf {
 /// assert_eq!(conf.processors, 8);
 /// assert_eq!(conf.offset, kq_core::Offset::First);
 /// ```
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct KqConf {
     /// The service name (go-zero's `ServiceConf.Name`); becomes librdkafka's `client.id`.
@@ -260,6 +398,19 @@ pub struct KqConf {
     /// (`session.timeout.ms`).
     #[serde(default = "defaults::session_timeout", with = "duration")]
     pub session_timeout: Duration,
+    /// go-zero's `Log` block, as a `KqConf` embeds `ServiceConf`. The service's top-level
+    /// block wins over a queue's.
+    #[serde(default)]
+    pub log: Option<LogConf>,
+    /// go-zero's `Telemetry` block; the top-level block wins over a queue's.
+    #[serde(default)]
+    pub telemetry: Option<TelemetryConf>,
+    /// go-zero's `DevServer` block; the top-level block wins over a queue's.
+    #[serde(default)]
+    pub dev_server: Option<crate::observe::DevServerConf>,
+    /// go-zero's `Prometheus` block; the top-level block wins over a queue's.
+    #[serde(default)]
+    pub prometheus: Option<crate::observe::PrometheusConf>,
 }
 
 impl KqConf {
@@ -299,6 +450,10 @@ impl KqConf {
             shutdown_timeout: defaults::shutdown_timeout(),
             assignor: Assignor::default(),
             session_timeout: defaults::session_timeout(),
+            log: None,
+            telemetry: None,
+            dev_server: None,
+            prometheus: None,
         }
     }
 
@@ -339,6 +494,9 @@ impl KqConf {
         at_least("QueueCapacity", self.queue_capacity, 1)?;
         at_least("MaxBytes", self.max_bytes, 1)?;
         at_least("Retry.Attempts", self.retry.attempts as usize, 1)?;
+        if let Some(telemetry) = &self.telemetry {
+            telemetry.validate()?;
+        }
         if self.max_bytes < self.min_bytes {
             return Err(InvalidConf::new(
                 "MaxBytes",
@@ -385,6 +543,10 @@ impl fmt::Debug for KqConf {
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("assignor", &self.assignor)
             .field("session_timeout", &self.session_timeout)
+            .field("log", &self.log)
+            .field("telemetry", &self.telemetry)
+            .field("dev_server", &self.dev_server)
+            .field("prometheus", &self.prometheus)
             .finish()
     }
 }

@@ -18,12 +18,13 @@ pub mod pusher;
 pub mod queue;
 pub mod registry;
 pub mod service;
+pub mod telemetry;
 mod trace;
 
 pub use broker::{create_topic, EmbeddedBroker};
 pub use conf::{
-    Acks, Assignor, Compression, KqConf, Mechanism, Offset, Ordering, Partitioner, PusherConf,
-    RetryConf,
+    Acks, Assignor, Batcher, Compression, KqConf, LogConf, LogEncoding, LogLevel, Mechanism,
+    Offset, Ordering, Partitioner, PusherConf, RetryConf, TelemetryConf,
 };
 pub use error::Error;
 pub use handler::{

@@ -102,6 +102,14 @@ impl Running {
         Running { shutdown, task }
     }
 
+    /// Waits for it to fail on its own, and returns why.
+    pub async fn failure(self) -> kq::Error {
+        match self.task.await.expect("queue task") {
+            Ok(()) => panic!("the queue ran cleanly"),
+            Err(e) => e,
+        }
+    }
+
     /// Stops it gracefully and checks it ran cleanly.
     pub async fn stop(self) {
         self.shutdown.trigger();
@@ -122,4 +130,20 @@ pub async fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     done()
+}
+
+/// GETs `path` from the HTTP server on `port`; returns the status code and the body.
+pub async fn http_get(port: u16, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split_once("\r\n\r\n").unwrap().1.to_owned();
+    (status, body)
 }

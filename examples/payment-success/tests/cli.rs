@@ -507,3 +507,98 @@ fn describe_prints_the_topology_as_asyncapi() {
     );
     assert_eq!(channel["subscribe"]["operationId"], "kq_pusher_conf");
 }
+
+/// Runs the service on `file` without `RUST_LOG` until it logged its five payments or `limit`
+/// passed, stops it, and returns every line it printed and its exit code.
+fn output_of_a_run(file: &Path, limit: Duration) -> (Vec<String>, Option<i32>) {
+    let mut child = Command::new(SERVICE)
+        .arg("-f")
+        .arg(file)
+        .current_dir(package_dir())
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the service");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (lines_tx, lines) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + limit;
+    let mut printed = Vec::new();
+    while payments(&printed) < 5 && Instant::now() < deadline {
+        printed.extend(lines.recv_timeout(Duration::from_millis(200)));
+    }
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    printed.extend(lines.try_iter());
+    (printed, status.code())
+}
+
+fn payments(printed: &[String]) -> usize {
+    printed
+        .iter()
+        .filter(|line| line.contains("PaymentSuccess key"))
+        .count()
+}
+
+#[test]
+fn a_queue_log_block_sets_the_encoding() {
+    // go-queue's KqConf embeds go-zero's ServiceConf: its `Log` block counts when the top
+    // level has none.
+    let file = seed_with(
+        "json-log",
+        "  Processors: 8\n",
+        "  Processors: 8\n  Log:\n    Encoding: json\n",
+    );
+    let (printed, code) = output_of_a_run(&file, Duration::from_secs(60));
+    assert_eq!((payments(&printed), code), (5, Some(0)), "{printed:#?}");
+    for line in &printed {
+        let logged: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+        assert!(logged["level"].is_string(), "{line}");
+    }
+    assert!(
+        printed
+            .iter()
+            .any(|line| line.contains(r#""level":"INFO""#)),
+        "{printed:#?}"
+    );
+}
+
+#[test]
+fn the_top_level_log_block_wins() {
+    let file = seed_with(
+        "plain-log",
+        "  Processors: 8\n",
+        "  Processors: 8\n  Log:\n    Encoding: json\n",
+    );
+    let yaml = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("Port: 8888\n", "Port: 8888\nLog:\n  Encoding: plain\n");
+    std::fs::write(&file, yaml).unwrap();
+    let (printed, code) = output_of_a_run(&file, Duration::from_secs(60));
+    assert_eq!((payments(&printed), code), (5, Some(0)), "{printed:#?}");
+    assert!(
+        printed.iter().all(|line| !line.starts_with('{')),
+        "{printed:#?}"
+    );
+}
+
+#[test]
+fn the_log_level_holds_back_lower_levels() {
+    let file = seed_with(
+        "error-log",
+        "Port: 8888\n",
+        "Port: 8888\nLog:\n  Level: error\n",
+    );
+    // Nothing goes wrong in this run, so at `error` it prints nothing at all.
+    let (printed, code) = output_of_a_run(&file, Duration::from_secs(3));
+    assert_eq!(code, Some(0), "it ran and stopped cleanly");
+    assert!(printed.is_empty(), "{printed:#?}");
+}

@@ -54,11 +54,23 @@ pub(crate) fn spawn_member(
 ) -> Result<impl Future<Output = Result<(), Error>>, Error> {
     let conf = &queue.conf;
     let member = Arc::new(Member::new(queue.clone(), index));
-    let consumer: BaseConsumer<MemberContext> = consumer_config(conf, queue.observed.is_some())?
-        .create_with_context(MemberContext {
+    let created = consumer_config(conf, queue.observed.is_some()).and_then(|config| {
+        let consumer: BaseConsumer<MemberContext> = config.create_with_context(MemberContext {
             member: member.clone(),
         })?;
-    consumer.subscribe(&[&conf.topic])?;
+        consumer.subscribe(&[&conf.topic])?;
+        Ok(consumer)
+    });
+    let consumer = match created {
+        Ok(consumer) => consumer,
+        Err(e) => {
+            // A member that never started is as dead as one whose loop ended.
+            if let Some(health) = &member.health {
+                health.stopped(true);
+            }
+            return Err(e);
+        }
+    };
 
     let (dispatcher, lanes) = Dispatcher::new(
         conf.processors,
