@@ -197,13 +197,3 @@ async fn a_wrong_scram_password_is_refused() {
     };
     push_is_refused(&credentials).await;
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sasl_plain_round_trips() {
-    // tansu takes any PLAIN password: this shows the client speaks PLAIN, not that a wrong
-    // password is refused (the SCRAM test does that).
-    let Some(credentials) = sasl(Mechanism::Plain, "kq-plain", "any") else {
-        return skipped("SASL");
-    };
-    round_trip(&credentials).await;
-}

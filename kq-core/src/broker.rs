@@ -298,3 +298,61 @@ pub async fn create_topic(brokers: &[String], topic: &str, partitions: i32) -> R
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(connection: &Connection<'_>) -> ClientConfig {
+        connection.client_config().unwrap()
+    }
+
+    #[test]
+    fn keys_choose_the_security_protocol() {
+        let brokers = ["b:9092".to_owned()];
+        let plain = Connection::plain("", &brokers);
+        assert_eq!(settings(&plain).get("security.protocol"), Some("plaintext"));
+
+        let sasl = Connection {
+            username: "u",
+            password: "p",
+            ..Connection::plain("", &brokers)
+        };
+        let config = settings(&sasl);
+        assert_eq!(config.get("security.protocol"), Some("sasl_plaintext"));
+        assert_eq!(config.get("sasl.mechanism"), Some("PLAIN"));
+        assert_eq!(config.get("sasl.username"), Some("u"));
+
+        let sasl_tls = Connection {
+            tls: true,
+            mechanism: Mechanism::ScramSha256,
+            ..sasl
+        };
+        let config = settings(&sasl_tls);
+        assert_eq!(config.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(config.get("sasl.mechanism"), Some("SCRAM-SHA-256"));
+        assert_eq!(config.get("ssl.ca.location"), None, "the system's CAs");
+        assert_eq!(
+            config.get("enable.ssl.certificate.verification"),
+            None,
+            "verified unless asked otherwise"
+        );
+
+        let skip = Connection {
+            ca_file: "/ca.pem",
+            insecure_skip_verify: true,
+            ..Connection::plain("", &brokers)
+        };
+        let config = settings(&skip);
+        assert_eq!(config.get("security.protocol"), Some("ssl"));
+        assert_eq!(config.get("ssl.ca.location"), Some("/ca.pem"));
+        assert_eq!(
+            config.get("enable.ssl.certificate.verification"),
+            Some("false")
+        );
+        assert_eq!(
+            config.get("ssl.endpoint.identification.algorithm"),
+            Some("none")
+        );
+    }
+}

@@ -215,7 +215,8 @@ fn two_processes_split_the_partitions_and_lose_nothing() {
     std::fs::create_dir_all(&dir).unwrap();
     let yaml = |payments: usize| {
         format!(
-            "Name: mq\nHost: 0.0.0.0\nPort: 8888\nDemoPayments: {payments}\nDemoInterval: 3ms\n\
+            // Plain log lines: the test reads keys and values from them.
+            "Name: mq\nHost: 0.0.0.0\nPort: 8888\nLog: {{Encoding: plain}}\nDemoPayments: {payments}\nDemoInterval: 3ms\n\
              KqPusherConf:\n  Brokers: [{brokers}]\n  Topic: {topic}\n  FlushInterval: 5ms\n\
              KqConsumerConf:\n  Name: kqConsumer\n  Brokers: [{brokers}]\n  Group: group-{id}\n  Topic: {topic}\n  Offset: first\n  CommitInterval: 200ms\n  MaxWait: 10ms\n  MinBytes: 1\n  SessionTimeout: 6s\n"
         )
@@ -332,7 +333,8 @@ fn killed_consumers_lose_nothing_and_keep_key_order() {
     std::fs::write(
         &file,
         format!(
-            "Name: mq\nHost: 0.0.0.0\nPort: 8888\n\
+            // Plain log lines: the test reads keys and values from them.
+            "Name: mq\nHost: 0.0.0.0\nPort: 8888\nLog: {{Encoding: plain}}\n\
              KqPusherConf:\n  Brokers: [{brokers}]\n  Topic: {topic}\n\
              KqConsumerConf:\n  Name: kqConsumer\n  Brokers: [{brokers}]\n  Group: group-{id}\n  Topic: {topic}\n  Offset: first\n  CommitInterval: 100ms\n  MaxWait: 10ms\n  MinBytes: 1\n  SessionTimeout: 6s\n"
         ),
