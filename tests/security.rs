@@ -44,32 +44,31 @@ struct Credentials {
     mechanism: Mechanism,
 }
 
+/// Sets the connection keys of a consumer or a pusher conf: both have the same ones.
+macro_rules! connect_with {
+    ($conf:expr, $credentials:expr) => {{
+        let (mut conf, credentials) = ($conf, $credentials);
+        conf.brokers = vec![credentials.brokers.clone()];
+        conf.ca_file = credentials.ca_file.clone();
+        conf.cert_file = credentials.cert_file.clone();
+        conf.key_file = credentials.key_file.clone();
+        conf.insecure_skip_verify = credentials.insecure_skip_verify;
+        conf.username = credentials.username.clone();
+        conf.password = credentials.password.clone();
+        conf.mechanism = credentials.mechanism;
+        conf
+    }};
+}
+
 impl Credentials {
     fn pusher(&self) -> PusherConf {
-        let mut conf = pusher_conf(TOPIC);
-        conf.brokers = vec![self.brokers.clone()];
-        conf.ca_file = self.ca_file.clone();
-        conf.cert_file = self.cert_file.clone();
-        conf.key_file = self.key_file.clone();
-        conf.insecure_skip_verify = self.insecure_skip_verify;
-        conf.username = self.username.clone();
-        conf.password = self.password.clone();
-        conf.mechanism = self.mechanism;
+        let mut conf = connect_with!(pusher_conf(TOPIC), self);
         conf.message_timeout = REFUSED_WITHIN;
         conf
     }
 
     fn consumer(&self) -> KqConf {
-        let mut conf = consumer_conf(TOPIC);
-        conf.brokers = vec![self.brokers.clone()];
-        conf.ca_file = self.ca_file.clone();
-        conf.cert_file = self.cert_file.clone();
-        conf.key_file = self.key_file.clone();
-        conf.insecure_skip_verify = self.insecure_skip_verify;
-        conf.username = self.username.clone();
-        conf.password = self.password.clone();
-        conf.mechanism = self.mechanism;
-        conf
+        connect_with!(consumer_conf(TOPIC), self)
     }
 }
 

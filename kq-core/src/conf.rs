@@ -72,6 +72,24 @@ pub enum Mechanism {
     ScramSha512,
 }
 
+/// The [`Connection`] of a `KqConf` or a `PusherConf`: both have the same connection keys.
+macro_rules! connection_of {
+    ($conf:expr) => {
+        Connection {
+            name: &$conf.name,
+            brokers: &$conf.brokers,
+            ca_file: &$conf.ca_file,
+            cert_file: &$conf.cert_file,
+            key_file: &$conf.key_file,
+            tls: $conf.tls,
+            insecure_skip_verify: $conf.insecure_skip_verify,
+            username: &$conf.username,
+            password: &$conf.password,
+            mechanism: $conf.mechanism,
+        }
+    };
+}
+
 /// Implements `Deserialize` for a unit-variant enum from its keywords, with an error that
 /// lists every accepted keyword (the config crate's own enum error does not).
 macro_rules! keyword_enum {
@@ -459,18 +477,7 @@ impl KqConf {
 
     /// The connection and security keys, as the client settings are built from them.
     pub(crate) fn connection(&self) -> Connection<'_> {
-        Connection {
-            name: &self.name,
-            brokers: &self.brokers,
-            ca_file: &self.ca_file,
-            cert_file: &self.cert_file,
-            key_file: &self.key_file,
-            tls: self.tls,
-            insecure_skip_verify: self.insecure_skip_verify,
-            username: &self.username,
-            password: &self.password,
-            mechanism: self.mechanism,
-        }
+        connection_of!(self)
     }
 
     /// The ordering in force: `CommitInOrder: true` overrides `Ordering`.
@@ -697,18 +704,7 @@ impl PusherConf {
 
     /// The connection and security keys, as the client settings are built from them.
     pub(crate) fn connection(&self) -> Connection<'_> {
-        Connection {
-            name: &self.name,
-            brokers: &self.brokers,
-            ca_file: &self.ca_file,
-            cert_file: &self.cert_file,
-            key_file: &self.key_file,
-            tls: self.tls,
-            insecure_skip_verify: self.insecure_skip_verify,
-            username: &self.username,
-            password: &self.password,
-            mechanism: self.mechanism,
-        }
+        connection_of!(self)
     }
 
     /// Checks what serde cannot. Names the key at fault.
