@@ -163,7 +163,8 @@ KqConsumerConf:
 fn the_password_stays_out_of_debug_output() {
     let yaml = SEED.replace(
         "  Offset: first\n",
-        "  Offset: first\n  Username: u\n  Password: hunter2\n",
+        "  Offset: first\n  Username: u\n  Password: hunter2\n  \
+         Telemetry: {OtlpHeaders: {api-key: hunter2}}\n",
     );
     let config = load("mq.yaml", &yaml).unwrap();
     let debug = format!("{config:?}");

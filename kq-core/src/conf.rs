@@ -236,7 +236,7 @@ impl Default for LogConf {
 
 /// go-zero's `Telemetry` block: where traces are exported. Needs kq's `opentelemetry`
 /// feature when `Endpoint` is set.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct TelemetryConf {
     /// The service name on every span; the service's `Name` when empty.
@@ -266,6 +266,26 @@ impl Default for TelemetryConf {
             otlp_http_path: "/v1/traces".into(),
             disabled: false,
         }
+    }
+}
+
+impl fmt::Debug for TelemetryConf {
+    // Hand-written so that header values (API keys, tokens) never reach a log line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: std::collections::BTreeMap<_, _> = self
+            .otlp_headers
+            .iter()
+            .map(|(name, value)| (name, Redacted(value)))
+            .collect();
+        f.debug_struct("TelemetryConf")
+            .field("name", &self.name)
+            .field("endpoint", &self.endpoint)
+            .field("sampler", &self.sampler)
+            .field("batcher", &self.batcher)
+            .field("otlp_headers", &headers)
+            .field("otlp_http_path", &self.otlp_http_path)
+            .field("disabled", &self.disabled)
+            .finish()
     }
 }
 
