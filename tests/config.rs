@@ -391,3 +391,17 @@ fn security_mistakes_name_the_key() {
     let e = load_err("mq.yaml", &with("  Mechanism: SCRAM-SHA-256\n"));
     assert!(e.contains("`KqConsumerConf.Username` must be set"), "{e}");
 }
+
+#[test]
+fn a_telemetry_endpoint_with_a_path_is_refused() {
+    // go-zero's default batcher is Jaeger, whose endpoint is a URL with a path.
+    let yaml = SEED.replace(
+        "  Offset: first\n",
+        "  Offset: first\n  Telemetry: {Endpoint: \"http://jaeger:14268/api/traces\"}\n",
+    );
+    let e = load_err("mq.yaml", &yaml);
+    assert!(
+        e.contains("`KqConsumerConf.Telemetry.Endpoint` must be `host:port`"),
+        "{e}"
+    );
+}

@@ -312,10 +312,22 @@ impl TelemetryConf {
                 "needs kq built with its `opentelemetry` feature",
             ));
         }
-        if self.endpoint.starts_with("https://") {
+        let endpoint = self.endpoint.trim();
+        if endpoint.starts_with("https://") {
             return Err(InvalidConf::new(
                 "Telemetry.Endpoint",
                 "must be plain HTTP (a collector or agent beside the service)",
+            ));
+        }
+        let address = endpoint.strip_prefix("http://").unwrap_or(endpoint);
+        if address.trim_end_matches('/').contains('/') {
+            // go-zero's Jaeger endpoints are URLs with a path; OTLP takes `OtlpHttpPath`.
+            return Err(InvalidConf::new(
+                "Telemetry.Endpoint",
+                format!(
+                    "must be `host:port`, got `{endpoint}`: the path is `OtlpHttpPath` \
+                     (a Jaeger collector takes OTLP at port 4318)"
+                ),
             ));
         }
         if !self.otlp_http_path.starts_with('/') {
