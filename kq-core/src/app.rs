@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::conf::{KqConf, LogConf, TelemetryConf};
 use crate::handler::HandlerContext;
-use crate::load::{load_config, LoadError};
+use crate::load::{ConfigFile, LoadError};
 use crate::observe::{self, DevServerConf, PrometheusConf};
 use crate::queue::Queue;
 use crate::registry::{ConsumerRegistration, KqConfig};
@@ -71,12 +71,13 @@ where
     S: Send + Sync + 'static,
 {
     let file = args.file.as_path();
-    let config: C = load_config(file).map_err(Failure::config)?;
+    let parsed = ConfigFile::read(file).map_err(Failure::config)?;
+    let config: C = parsed.deserialize().map_err(Failure::config)?;
     config
         .check()
         .map_err(|problems| Failure::config(LoadError::new(file, problems.join("; "))))?;
     // Read before `--check` returns, so that it validates these keys too.
-    let service: ServiceKeys = load_config(file).map_err(Failure::config)?;
+    let service: ServiceKeys = parsed.deserialize().map_err(Failure::config)?;
     let service = service.or_from_queues(&config);
     service
         .validate()

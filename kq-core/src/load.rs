@@ -56,24 +56,48 @@ impl std::error::Error for LoadError {}
 /// # Ok::<(), kq::LoadError>(())
 /// ```
 pub fn load_config<C: DeserializeOwned>(path: impl AsRef<Path>) -> Result<C, LoadError> {
-    let path = path.as_ref();
-    let error = |detail: String| LoadError::new(path, detail);
-    let format = match path.extension().and_then(|e| e.to_str()) {
-        Some("yaml" | "yml") => FileFormat::Yaml,
-        Some("json") => FileFormat::Json,
-        Some("toml") => FileFormat::Toml,
-        other => {
-            return Err(error(format!(
-                "unsupported config format {}: use .yaml, .yml, .json or .toml",
-                other.map_or_else(|| "(no extension)".to_owned(), |e| format!("`.{e}`"))
-            )))
-        }
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| error(format!("cannot read: {e}")))?;
-    Config::builder()
-        .add_source(File::from_str(&text, format))
-        .build()
-        .map_err(|e| error(format!("cannot parse: {e}")))?
-        .try_deserialize()
-        .map_err(|e| error(e.to_string()))
+    ConfigFile::read(path)?.deserialize()
+}
+
+/// A config file read and parsed once, for deserializing into more than one type (the app's
+/// config, and the service keys kq reads from the same file).
+pub(crate) struct ConfigFile {
+    path: PathBuf,
+    parsed: Config,
+}
+
+impl ConfigFile {
+    /// Reads and parses the file; the extension picks the format.
+    pub fn read(path: impl AsRef<Path>) -> Result<Self, LoadError> {
+        let path = path.as_ref();
+        let error = |detail: String| LoadError::new(path, detail);
+        let format = match path.extension().and_then(|e| e.to_str()) {
+            Some("yaml" | "yml") => FileFormat::Yaml,
+            Some("json") => FileFormat::Json,
+            Some("toml") => FileFormat::Toml,
+            other => {
+                return Err(error(format!(
+                    "unsupported config format {}: use .yaml, .yml, .json or .toml",
+                    other.map_or_else(|| "(no extension)".to_owned(), |e| format!("`.{e}`"))
+                )))
+            }
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| error(format!("cannot read: {e}")))?;
+        let parsed = Config::builder()
+            .add_source(File::from_str(&text, format))
+            .build()
+            .map_err(|e| error(format!("cannot parse: {e}")))?;
+        Ok(ConfigFile {
+            path: path.to_owned(),
+            parsed,
+        })
+    }
+
+    /// Deserializes the whole file into `C`.
+    pub fn deserialize<C: DeserializeOwned>(&self) -> Result<C, LoadError> {
+        self.parsed
+            .clone()
+            .try_deserialize()
+            .map_err(|e| LoadError::new(&self.path, e.to_string()))
+    }
 }
