@@ -260,7 +260,6 @@ fn binary_name() -> String {
         .unwrap_or_else(|| "kq-service".to_owned())
 }
 
-/// Logs to stdout at `info`, or as `RUST_LOG` says (`info,kq_core=debug`, ...).
 /// A queue for every registered consumer, bound to `context`. Every problem is reported,
 /// not only the first: a conf key the config lacks, two consumers on one conf, a `State<S>`
 /// of the wrong type.

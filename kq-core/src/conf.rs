@@ -290,6 +290,12 @@ impl fmt::Debug for TelemetryConf {
 }
 
 impl TelemetryConf {
+    /// The collector's `host:port`: `Endpoint` without `http://` or a trailing `/`.
+    pub(crate) fn collector_address(&self) -> &str {
+        let endpoint = self.endpoint.trim().trim_end_matches('/');
+        endpoint.strip_prefix("http://").unwrap_or(endpoint)
+    }
+
     /// Whether spans are exported at all.
     pub fn exports(&self) -> bool {
         !self.disabled && !self.endpoint.trim().is_empty()
@@ -319,8 +325,7 @@ impl TelemetryConf {
                 "must be plain HTTP (a collector or agent beside the service)",
             ));
         }
-        let address = endpoint.strip_prefix("http://").unwrap_or(endpoint);
-        if address.trim_end_matches('/').contains('/') {
+        if self.collector_address().contains('/') {
             // go-zero's Jaeger endpoints are URLs with a path; OTLP takes `OtlpHttpPath`.
             return Err(InvalidConf::new(
                 "Telemetry.Endpoint",

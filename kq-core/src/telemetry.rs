@@ -138,9 +138,7 @@ mod export {
         conf: &TelemetryConf,
         service: &str,
     ) -> Result<(SdkTracerProvider, BoxedLayer), String> {
-        let base = conf.endpoint.trim().trim_end_matches('/');
-        let base = base.strip_prefix("http://").unwrap_or(base);
-        let url = format!("http://{base}{}", conf.otlp_http_path);
+        let url = format!("http://{}{}", conf.collector_address(), conf.otlp_http_path);
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_http_client(BlockingHttp)
