@@ -102,6 +102,10 @@ fn main() -> anyhow::Result<()> {
         settings.fetch_config()
     );
 
+    // The log setup `kq::main!` gives a service (JSON lines at info), so that kq is measured
+    // with the subscriber it runs under.
+    let _logs = kq::telemetry::init(&kq::LogConf::default(), None, "kq-bench")
+        .map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -133,7 +133,7 @@ mod export {
     const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
     /// A tracer provider exporting to `conf.endpoint` in batches, and the layer that feeds it
-    /// every span at info level and above.
+    /// every span at info level and above, and every message's span.
     pub(super) fn spans(
         conf: &TelemetryConf,
         service: &str,
@@ -170,7 +170,11 @@ mod export {
         opentelemetry::global::set_tracer_provider(provider.clone());
         let layer = tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("kq"))
-            .with_filter(Targets::new().with_default(LevelFilter::INFO))
+            .with_filter(
+                Targets::new()
+                    .with_default(LevelFilter::INFO)
+                    .with_target(crate::trace::CONSUME_TARGET, LevelFilter::DEBUG),
+            )
             .boxed();
         Ok((provider, layer))
     }

@@ -9,9 +9,17 @@ use rdkafka::message::OwnedHeaders;
 
 use crate::message::Message;
 
+/// The target of the message spans, which the span export enables at debug level.
+pub(crate) const CONSUME_TARGET: &str = "kq::consume";
+
 /// The span a message's handler runs in. Errors and retries are logged inside it.
+///
+/// It is a debug span: a subscriber that records it (the log output formats its fields when
+/// it opens) pays for that on every message, as much again as the rest of kq's consume path.
+/// Log lines carry it at `Level: debug`; the span export takes it at any level.
 pub(crate) fn message_span(consumer: &str, group: &str, msg: &Message) -> tracing::Span {
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
+        target: CONSUME_TARGET,
         "kq.consume",
         consumer,
         topic = msg.topic(),

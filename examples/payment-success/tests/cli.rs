@@ -571,6 +571,35 @@ fn a_queue_log_block_sets_the_encoding() {
             .any(|line| line.contains(r#""level":"INFO""#)),
         "{printed:#?}"
     );
+    // The message's span is a debug span: at info a handler's lines go without it.
+    for line in printed
+        .iter()
+        .filter(|line| line.contains("PaymentSuccess key"))
+    {
+        assert!(!line.contains("kq.consume"), "{line}");
+    }
+}
+
+#[test]
+fn at_debug_level_a_handlers_lines_carry_its_message() {
+    let file = seed_with(
+        "debug-log",
+        "Port: 8888\n",
+        "Port: 8888\nLog:\n  Level: debug\n  Encoding: json\n",
+    );
+    let (printed, code) = output_of_a_run(&file, Duration::from_secs(60));
+    assert_eq!((payments(&printed), code), (5, Some(0)), "{printed:#?}");
+    for line in printed
+        .iter()
+        .filter(|line| line.contains("PaymentSuccess key"))
+    {
+        let logged: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+        let span = &logged["span"];
+        assert_eq!(span["name"], "kq.consume", "{line}");
+        assert_eq!(span["topic"], "payment-success", "{line}");
+        assert!(span["partition"].is_number(), "{line}");
+        assert!(span["offset"].is_number(), "{line}");
+    }
 }
 
 #[test]
