@@ -102,10 +102,11 @@ fn main() -> anyhow::Result<()> {
         settings.fetch_config()
     );
 
-    // The log setup `kq::main!` gives a service (JSON lines at info), so that kq is measured
-    // with the subscriber it runs under.
+    // What `kq::main!` sets up for a service: JSON log lines at info, and metrics, health and
+    // the stat log collected. kq is measured as it runs there.
     let _logs = kq::telemetry::init(&kq::LogConf::default(), None, "kq-bench")
         .map_err(anyhow::Error::msg)?;
+    kq::observe::enable();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -6,14 +6,15 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::exponential_buckets;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -114,7 +115,7 @@ struct PusherLabels {
 struct Observer {
     registry: Registry,
     messages: Family<MessageLabels, Counter>,
-    handler_seconds: Family<ConsumerLabels, Histogram>,
+    handler_seconds: Family<ConsumerLabels, HandlerTimes>,
     in_flight: Family<ConsumerLabels, Gauge>,
     lag: Family<PartitionLabels, Gauge>,
     commits: Family<TopicLabels, Counter>,
@@ -137,9 +138,8 @@ fn observer() -> &'static Observer {
             "Messages handled, by outcome: ok, error (failed for good), retried, dead_lettered",
             messages.clone(),
         );
-        let handler_seconds = Family::<ConsumerLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.0001, 4.0, 10))
-        });
+        let handler_seconds =
+            Family::<ConsumerLabels, HandlerTimes>::new_with_constructor(HandlerTimes::new);
         registry.register(
             "handler_duration_seconds",
             "Time of one handler run",
@@ -377,7 +377,7 @@ pub(crate) struct ConsumerMetrics {
     error: Counter,
     retried: Counter,
     dead_lettered: Counter,
-    handler_seconds: Histogram,
+    handler_seconds: HandlerTimes,
     in_flight: Gauge,
     commits: Counter,
     stats: Mutex<StatWindow>,
@@ -437,16 +437,30 @@ impl ConsumerMetrics {
         health
     }
 
-    pub fn record(&self, outcome: Outcome, elapsed: Duration) {
-        let counter = match outcome {
-            Outcome::Ok => &self.ok,
-            Outcome::Failed => &self.error,
-            Outcome::Retried => &self.retried,
-            Outcome::DeadLettered => &self.dead_lettered,
-        };
-        counter.inc();
-        self.handler_seconds.observe(elapsed.as_secs_f64());
-        lock(&self.stats).add(outcome, elapsed);
+    /// An empty tally for one processor of this consumer.
+    pub fn tally(&self) -> Tally {
+        Tally {
+            buckets: vec![0; HANDLER_TIME_BOUNDS.len() + 1],
+            ..Tally::default()
+        }
+    }
+
+    /// Adds what a processor tallied to the metrics and the stat window, and empties the tally.
+    pub fn add(&self, tally: &mut Tally) {
+        if tally.handled() == 0 {
+            return;
+        }
+        for (counter, n) in [&self.ok, &self.error, &self.retried, &self.dead_lettered]
+            .into_iter()
+            .zip(tally.outcomes)
+        {
+            if n > 0 {
+                counter.inc_by(n);
+            }
+        }
+        self.handler_seconds.add(tally);
+        lock(&self.stats).add(tally);
+        tally.clear();
     }
 
     pub fn set_in_flight(&self, messages: usize) {
@@ -500,6 +514,131 @@ pub(crate) fn pusher_counters(topic: &str) -> Option<(Counter, Counter)> {
     ))
 }
 
+/// Upper bounds of the handler time buckets, in seconds: 0.1 ms to 26 s, by fours.
+static HANDLER_TIME_BOUNDS: LazyLock<Vec<f64>> =
+    LazyLock::new(|| exponential_buckets(0.0001, 4.0, 10).collect());
+
+fn outcome_index(outcome: Outcome) -> usize {
+    match outcome {
+        Outcome::Ok => 0,
+        Outcome::Failed => 1,
+        Outcome::Retried => 2,
+        Outcome::DeadLettered => 3,
+    }
+}
+
+/// The outcomes and handler times one processor saw since it last reported them.
+///
+/// Every processor tallies on its own and adds its tally to the shared metrics once per run of
+/// messages: recording each message there took two locks, which the processors contended for.
+#[derive(Default)]
+pub(crate) struct Tally {
+    /// Counts by `outcome_index`.
+    outcomes: [u64; 4],
+    /// Counts by handler time bucket (`HANDLER_TIME_BOUNDS`, then one above them all).
+    buckets: Vec<u64>,
+    seconds: f64,
+    /// Handler times in milliseconds for the stat line.
+    millis: Vec<f64>,
+}
+
+impl Tally {
+    /// Counts one handler run.
+    pub fn record(&mut self, outcome: Outcome, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        self.outcomes[outcome_index(outcome)] += 1;
+        let bucket = HANDLER_TIME_BOUNDS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(HANDLER_TIME_BOUNDS.len());
+        if let Some(count) = self.buckets.get_mut(bucket) {
+            *count += 1;
+        }
+        self.seconds += seconds;
+        if self.millis.len() < MAX_SAMPLES {
+            self.millis.push(seconds * 1000.0);
+        }
+    }
+
+    fn handled(&self) -> u64 {
+        self.outcomes.iter().sum()
+    }
+
+    fn clear(&mut self) {
+        self.outcomes = [0; 4];
+        self.buckets.fill(0);
+        self.seconds = 0.0;
+        self.millis.clear();
+    }
+}
+
+/// The `handler_duration_seconds` histogram. Unlike `prometheus_client`'s histogram, which
+/// takes a lock per observation, it takes a processor's whole tally with a few atomic adds.
+#[derive(Debug, Clone)]
+struct HandlerTimes(Arc<HandlerTimesInner>);
+
+#[derive(Debug)]
+struct HandlerTimesInner {
+    /// Counts by bucket, as in `Tally::buckets`.
+    buckets: Vec<AtomicU64>,
+    /// The sum of all times in seconds, as `f64` bits.
+    seconds: AtomicU64,
+}
+
+impl HandlerTimes {
+    fn new() -> Self {
+        HandlerTimes(Arc::new(HandlerTimesInner {
+            buckets: (0..=HANDLER_TIME_BOUNDS.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            seconds: AtomicU64::new(0f64.to_bits()),
+        }))
+    }
+
+    fn add(&self, tally: &Tally) {
+        for (bucket, &n) in self.0.buckets.iter().zip(&tally.buckets) {
+            if n > 0 {
+                bucket.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        // Never fails: the closure always returns a value.
+        let _ = self
+            .0
+            .seconds
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                Some((f64::from_bits(bits) + tally.seconds).to_bits())
+            });
+    }
+}
+
+impl TypedMetric for HandlerTimes {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for HandlerTimes {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let counts: Vec<u64> = self
+            .0
+            .buckets
+            .iter()
+            .map(|bucket| bucket.load(Ordering::Relaxed))
+            .collect();
+        let buckets: Vec<(f64, u64)> = HANDLER_TIME_BOUNDS
+            .iter()
+            .copied()
+            // The text format writes the last bucket's bound as `+Inf`.
+            .chain(std::iter::once(f64::MAX))
+            .zip(counts.iter().copied())
+            .collect();
+        let seconds = f64::from_bits(self.0.seconds.load(Ordering::Relaxed));
+        encoder.encode_histogram::<NoLabelSet>(seconds, counts.iter().sum(), &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
 /// Handler times of one stat window (go-zero's `stat.Metrics`).
 #[derive(Default)]
 struct StatWindow {
@@ -512,14 +651,11 @@ struct StatWindow {
 const MAX_SAMPLES: usize = 100_000;
 
 impl StatWindow {
-    fn add(&mut self, outcome: Outcome, elapsed: Duration) {
-        self.handled += 1;
-        if outcome == Outcome::Failed {
-            self.drops += 1;
-        }
-        if self.millis.len() < MAX_SAMPLES {
-            self.millis.push(elapsed.as_secs_f64() * 1000.0);
-        }
+    fn add(&mut self, tally: &Tally) {
+        self.handled += tally.handled();
+        self.drops += tally.outcomes[outcome_index(Outcome::Failed)];
+        let room = MAX_SAMPLES.saturating_sub(self.millis.len());
+        self.millis.extend(tally.millis.iter().take(room).copied());
     }
 
     fn line(mut self, name: &str, window: Duration) -> String {
@@ -568,15 +704,48 @@ mod tests {
 
     #[test]
     fn the_stat_line_has_go_zeros_fields() {
-        let mut window = StatWindow::default();
+        let mut tally = Tally::default();
         for ms in 1..=100 {
-            window.add(Outcome::Ok, Duration::from_millis(ms));
+            tally.record(Outcome::Ok, Duration::from_millis(ms));
         }
-        window.add(Outcome::Failed, Duration::from_millis(1));
+        tally.record(Outcome::Failed, Duration::from_millis(1));
+        let mut window = StatWindow::default();
+        window.add(&tally);
         let line = window.line("payments", Duration::from_secs(60));
         assert!(
             line.starts_with("(payments) - qps: 1.7/s, drops: 1, avg time: 50.0ms, med: 50.0ms, 90th: 90.0ms, 99th: 99.0ms"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn handler_times_add_up_tallies_in_prometheus_buckets() {
+        let times = HandlerTimes::new();
+        let mut tally = Tally {
+            buckets: vec![0; HANDLER_TIME_BOUNDS.len() + 1],
+            ..Tally::default()
+        };
+        // 0.05 ms and 0.1 ms fall in the first bucket (le 0.0001), 1 ms in the third
+        // (le 0.0016), a minute above every bound.
+        for micros in [50, 100, 1000, 60_000_000] {
+            tally.record(Outcome::Ok, Duration::from_micros(micros));
+        }
+        times.add(&tally);
+        times.add(&tally);
+        let mut registry = Registry::default();
+        registry.register("handler", "Handler times", times);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "handler_bucket{le=\"0.0001\"} 4",
+            "handler_bucket{le=\"0.0004\"} 4",
+            "handler_bucket{le=\"0.0016\"} 6",
+            "handler_bucket{le=\"26.2144\"} 6",
+            "handler_bucket{le=\"+Inf\"} 8",
+            "handler_count 8",
+            "handler_sum 120.002",
+        ] {
+            assert!(text.contains(line), "{line} is not in\n{text}");
+        }
     }
 }

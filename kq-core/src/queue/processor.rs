@@ -18,6 +18,7 @@ use super::offsets::PartitionState;
 use super::{Outcome, QueueShared};
 use crate::handler::{HandlerError, HandlerErrorKind};
 use crate::message::Message;
+use crate::observe::Tally;
 use crate::service::Shutdown;
 use crate::trace;
 
@@ -37,11 +38,64 @@ pub mod dead_letter_headers {
 
 /// How a job ended.
 enum Settled {
-    /// Finished for good: its offset may be committed.
-    Done,
+    /// Finished for good, with the outcome of its last handler run and when that run started
+    /// (when timed): its offset may be committed.
+    Done(Outcome, Option<Instant>),
     /// Given up because the partition was revoked or the service is stopping: its offset
     /// must stay uncommitted so that the next owner handles it.
     Abandoned,
+}
+
+/// Times one processor's handler runs and records their outcomes: in a tally that goes to
+/// kq's metrics once per run of messages, and to the app's `Metrics` one by one.
+struct Recorder {
+    queue: Arc<QueueShared>,
+    tally: Option<Tally>,
+    /// When the last recorded run ended. The next message starts then, which saves reading the
+    /// clock twice per message; it is forgotten whenever the processor waits for work.
+    last_end: Option<Instant>,
+}
+
+impl Recorder {
+    fn new(queue: Arc<QueueShared>) -> Self {
+        let tally = queue.observed.as_ref().map(|observed| observed.tally());
+        Recorder {
+            queue,
+            tally,
+            last_end: None,
+        }
+    }
+
+    /// When the next handler run starts, if runs are timed at all: reading the clock per
+    /// message is measurable.
+    fn start(&mut self) -> Option<Instant> {
+        if self.tally.is_none() && self.queue.metrics.is_none() {
+            return None;
+        }
+        Some(self.last_end.take().unwrap_or_else(Instant::now))
+    }
+
+    fn record(&mut self, outcome: Outcome, started: Option<Instant>) {
+        let Some(started) = started else { return };
+        let now = Instant::now();
+        let elapsed = now - started;
+        if let Some(metrics) = &self.queue.metrics {
+            metrics.record(&self.queue.name, outcome, elapsed);
+        }
+        if let Some(tally) = &mut self.tally {
+            tally.record(outcome, elapsed);
+        }
+        self.last_end = Some(now);
+    }
+
+    /// The processor is about to wait: what it tallied goes to the metrics, and the time
+    /// spent waiting will not count as the next message's.
+    fn report(&mut self) {
+        if let (Some(observed), Some(tally)) = (&self.queue.observed, &mut self.tally) {
+            observed.add(tally);
+        }
+        self.last_end = None;
+    }
 }
 
 /// Runs messages from one lane, one at a time, until the lane closes.
@@ -51,6 +105,7 @@ pub(crate) async fn run(queue: Arc<QueueShared>, mut lane: Lane, shutdown: Shutd
     let mut finished = Vec::new();
     // Buffers of the messages done with, for their lane to release.
     let mut released = Vec::new();
+    let mut recorder = Recorder::new(queue.clone());
     while let Some(batch) = lane.next().await {
         for run in batch {
             let partition = &run.partition;
@@ -59,19 +114,24 @@ pub(crate) async fn run(queue: Arc<QueueShared>, mut lane: Lane, shutdown: Shutd
                 // consumes the partition next.
                 if partition.start() {
                     let span = trace::message_span(&queue.name, &queue.conf.group, &msg);
+                    let started = recorder.start();
                     let mut settling =
-                        pin!(settle(&queue, partition, &msg, &shutdown).instrument(span));
+                        pin!(settle(&queue, partition, &msg, &shutdown, started).instrument(span));
                     let settled = match poll_fn(|cx| Poll::Ready(settling.as_mut().poll(cx))).await
                     {
                         Poll::Ready(settled) => settled,
                         Poll::Pending => {
                             // The handler waits: what is done must not wait behind it.
                             report(partition, &mut finished, &lane, &mut released);
+                            recorder.report();
                             settling.await
                         }
                     };
                     match settled {
-                        Settled::Done => finished.push(msg.offset()),
+                        Settled::Done(outcome, started) => {
+                            recorder.record(outcome, started);
+                            finished.push(msg.offset());
+                        }
                         Settled::Abandoned => partition.abandon(),
                     }
                 }
@@ -79,6 +139,7 @@ pub(crate) async fn run(queue: Arc<QueueShared>, mut lane: Lane, shutdown: Shutd
             }
             report(partition, &mut finished, &lane, &mut released);
         }
+        recorder.report();
     }
 }
 
@@ -94,23 +155,24 @@ fn report(
     lane.done(released);
 }
 
+/// Runs the handler under the error policy until the message is done with. `started` is when
+/// the first run starts, if runs are timed; the outcomes of runs before the last are recorded
+/// here, the last one's by the caller.
 async fn settle(
     queue: &QueueShared,
     partition: &PartitionState,
     msg: &Message,
     shutdown: &Shutdown,
+    mut started: Option<Instant>,
 ) -> Settled {
     let policy = &queue.conf.retry;
     let mut attempt: u32 = 1;
     loop {
-        // Timing only for metrics: reading the clock per message is measurable.
-        let timed = queue.metrics.is_some() || queue.observed.is_some();
-        let started = timed.then(Instant::now);
+        if attempt > 1 {
+            started = started.map(|_| Instant::now());
+        }
         let error = match run_handler(queue, msg).await {
-            Ok(()) => {
-                record(queue, Outcome::Ok, started);
-                return Settled::Done;
-            }
+            Ok(()) => return Settled::Done(Outcome::Ok, started),
             Err(error) => error,
         };
         // A payload that cannot be decoded will not decode on a second try.
@@ -146,7 +208,6 @@ async fn settle(
                 .await
             {
                 Ok(_) => {
-                    record(queue, Outcome::DeadLettered, started);
                     tracing::warn!(
                         consumer = %queue.name,
                         topic = msg.topic(),
@@ -155,7 +216,7 @@ async fn settle(
                         dead_letter_topic = dead_letter.name(),
                         "message dead-lettered"
                     );
-                    return Settled::Done;
+                    return Settled::Done(Outcome::DeadLettered, started);
                 }
                 Err(e) => tracing::error!(
                     consumer = %queue.name,
@@ -168,8 +229,7 @@ async fn settle(
             }
         }
         if queue.conf.force_commit {
-            record(queue, Outcome::Failed, started);
-            return Settled::Done;
+            return Settled::Done(Outcome::Failed, started);
         }
         record(queue, Outcome::Retried, started);
         tracing::warn!(
@@ -199,6 +259,8 @@ async fn run_handler(queue: &QueueShared, msg: &Message) -> Result<(), HandlerEr
         .unwrap_or_else(|panic| Err(HandlerError::panicked(&*panic)))
 }
 
+/// Records a run that did not end the message (a retry) at once: retries are rare, and what
+/// happened before a wait should be in the metrics during it.
 fn record(queue: &QueueShared, outcome: Outcome, started: Option<Instant>) {
     let Some(started) = started else { return };
     let elapsed = started.elapsed();
@@ -206,7 +268,9 @@ fn record(queue: &QueueShared, outcome: Outcome, started: Option<Instant>) {
         metrics.record(&queue.name, outcome, elapsed);
     }
     if let Some(observed) = &queue.observed {
-        observed.record(outcome, elapsed);
+        let mut tally = observed.tally();
+        tally.record(outcome, elapsed);
+        observed.add(&mut tally);
     }
 }
 
