@@ -94,6 +94,11 @@ impl Recorder {
         if let (Some(observed), Some(tally)) = (&self.queue.observed, &mut self.tally) {
             observed.add(tally);
         }
+        self.forget_clock();
+    }
+
+    /// The next message starts when it starts, not when the last recorded run ended.
+    fn forget_clock(&mut self) {
         self.last_end = None;
     }
 }
@@ -132,7 +137,11 @@ pub(crate) async fn run(queue: Arc<QueueShared>, mut lane: Lane, shutdown: Shutd
                             recorder.record(outcome, started);
                             finished.push(msg.offset());
                         }
-                        Settled::Abandoned => partition.abandon(),
+                        Settled::Abandoned => {
+                            // Its retries' waits are no part of the next message's time.
+                            recorder.forget_clock();
+                            partition.abandon();
+                        }
                     }
                 }
                 released.push(msg.into_bytes());
