@@ -373,10 +373,8 @@ impl MemberHealth {
 pub(crate) struct ConsumerMetrics {
     name: String,
     topic: String,
-    ok: Counter,
-    error: Counter,
-    retried: Counter,
-    dead_lettered: Counter,
+    /// `kq_messages_total` by outcome, by `outcome_index`.
+    outcomes: [Counter; OUTCOME_LABELS.len()],
     handler_seconds: HandlerTimes,
     in_flight: Gauge,
     commits: Counter,
@@ -405,10 +403,7 @@ impl ConsumerMetrics {
         Some(Arc::new(ConsumerMetrics {
             name: name.into(),
             topic: topic.into(),
-            ok: outcome("ok"),
-            error: outcome("error"),
-            retried: outcome("retried"),
-            dead_lettered: outcome("dead_lettered"),
+            outcomes: OUTCOME_LABELS.map(outcome),
             handler_seconds: o.handler_seconds.get_or_create(&consumer).clone(),
             in_flight: o.in_flight.get_or_create(&consumer).clone(),
             commits: o
@@ -437,23 +432,12 @@ impl ConsumerMetrics {
         health
     }
 
-    /// An empty tally for one processor of this consumer.
-    pub fn tally(&self) -> Tally {
-        Tally {
-            buckets: vec![0; HANDLER_TIME_BOUNDS.len() + 1],
-            ..Tally::default()
-        }
-    }
-
     /// Adds what a processor tallied to the metrics and the stat window, and empties the tally.
     pub fn add(&self, tally: &mut Tally) {
         if tally.handled() == 0 {
             return;
         }
-        for (counter, n) in [&self.ok, &self.error, &self.retried, &self.dead_lettered]
-            .into_iter()
-            .zip(tally.outcomes)
-        {
+        for (counter, n) in self.outcomes.iter().zip(tally.outcomes) {
             if n > 0 {
                 counter.inc_by(n);
             }
@@ -514,10 +498,7 @@ pub(crate) fn pusher_counters(topic: &str) -> Option<(Counter, Counter)> {
     ))
 }
 
-/// Upper bounds of the handler time buckets, in seconds: 0.1 ms to 26 s, by fours.
-static HANDLER_TIME_BOUNDS: LazyLock<Vec<f64>> =
-    LazyLock::new(|| exponential_buckets(0.0001, 4.0, 10).collect());
-
+/// Where tallies and counters keep each outcome.
 fn outcome_index(outcome: Outcome) -> usize {
     match outcome {
         Outcome::Ok => 0,
@@ -527,6 +508,18 @@ fn outcome_index(outcome: Outcome) -> usize {
     }
 }
 
+/// The `outcome` label of `kq_messages_total`, by `outcome_index`.
+const OUTCOME_LABELS: [&str; 4] = ["ok", "error", "retried", "dead_lettered"];
+
+/// How many upper bounds the handler time buckets have; one more bucket holds the rest.
+const HANDLER_TIME_BOUND_COUNT: usize = 10;
+/// Handler time buckets: the bounds and the one above them all.
+const HANDLER_TIME_BUCKETS: usize = HANDLER_TIME_BOUND_COUNT + 1;
+
+/// Upper bounds of the handler time buckets, in seconds: 0.1 ms to 26 s, by fours.
+static HANDLER_TIME_BOUNDS: LazyLock<Vec<f64>> =
+    LazyLock::new(|| exponential_buckets(0.0001, 4.0, HANDLER_TIME_BOUND_COUNT as u16).collect());
+
 /// The outcomes and handler times one processor saw since it last reported them.
 ///
 /// Every processor tallies on its own and adds its tally to the shared metrics once per run of
@@ -534,9 +527,9 @@ fn outcome_index(outcome: Outcome) -> usize {
 #[derive(Default)]
 pub(crate) struct Tally {
     /// Counts by `outcome_index`.
-    outcomes: [u64; 4],
+    outcomes: [u64; OUTCOME_LABELS.len()],
     /// Counts by handler time bucket (`HANDLER_TIME_BOUNDS`, then one above them all).
-    buckets: Vec<u64>,
+    buckets: [u64; HANDLER_TIME_BUCKETS],
     seconds: f64,
     /// Handler times in milliseconds for the stat line.
     millis: Vec<f64>,
@@ -551,9 +544,7 @@ impl Tally {
             .iter()
             .position(|&bound| seconds <= bound)
             .unwrap_or(HANDLER_TIME_BOUNDS.len());
-        if let Some(count) = self.buckets.get_mut(bucket) {
-            *count += 1;
-        }
+        self.buckets[bucket] += 1;
         self.seconds += seconds;
         if self.millis.len() < MAX_SAMPLES {
             self.millis.push(seconds * 1000.0);
@@ -565,8 +556,8 @@ impl Tally {
     }
 
     fn clear(&mut self) {
-        self.outcomes = [0; 4];
-        self.buckets.fill(0);
+        self.outcomes = [0; OUTCOME_LABELS.len()];
+        self.buckets = [0; HANDLER_TIME_BUCKETS];
         self.seconds = 0.0;
         self.millis.clear();
     }
@@ -580,7 +571,7 @@ struct HandlerTimes(Arc<HandlerTimesInner>);
 #[derive(Debug)]
 struct HandlerTimesInner {
     /// Counts by bucket, as in `Tally::buckets`.
-    buckets: Vec<AtomicU64>,
+    buckets: [AtomicU64; HANDLER_TIME_BUCKETS],
     /// The sum of all times in seconds, as `f64` bits.
     seconds: AtomicU64,
 }
@@ -588,9 +579,7 @@ struct HandlerTimesInner {
 impl HandlerTimes {
     fn new() -> Self {
         HandlerTimes(Arc::new(HandlerTimesInner {
-            buckets: (0..=HANDLER_TIME_BOUNDS.len())
-                .map(|_| AtomicU64::new(0))
-                .collect(),
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             seconds: AtomicU64::new(0f64.to_bits()),
         }))
     }
@@ -721,10 +710,7 @@ mod tests {
     #[test]
     fn handler_times_add_up_tallies_in_prometheus_buckets() {
         let times = HandlerTimes::new();
-        let mut tally = Tally {
-            buckets: vec![0; HANDLER_TIME_BOUNDS.len() + 1],
-            ..Tally::default()
-        };
+        let mut tally = Tally::default();
         // 0.05 ms and 0.1 ms fall in the first bucket (le 0.0001), 1 ms in the third
         // (le 0.0016), a minute above every bound.
         for micros in [50, 100, 1000, 60_000_000] {

@@ -543,11 +543,15 @@ fn output_of_a_run(file: &Path, limit: Duration) -> (Vec<String>, Option<i32>) {
     (printed, status.code())
 }
 
-fn payments(printed: &[String]) -> usize {
+/// The lines the handler logged for payments.
+fn payment_lines(printed: &[String]) -> impl Iterator<Item = &String> {
     printed
         .iter()
         .filter(|line| line.contains("PaymentSuccess key"))
-        .count()
+}
+
+fn payments(printed: &[String]) -> usize {
+    payment_lines(printed).count()
 }
 
 #[test]
@@ -572,10 +576,7 @@ fn a_queue_log_block_sets_the_encoding() {
         "{printed:#?}"
     );
     // The message's span is a debug span: at info a handler's lines go without it.
-    for line in printed
-        .iter()
-        .filter(|line| line.contains("PaymentSuccess key"))
-    {
+    for line in payment_lines(&printed) {
         assert!(!line.contains("kq.consume"), "{line}");
     }
 }
@@ -589,10 +590,7 @@ fn at_debug_level_a_handlers_lines_carry_its_message() {
     );
     let (printed, code) = output_of_a_run(&file, Duration::from_secs(60));
     assert_eq!((payments(&printed), code), (5, Some(0)), "{printed:#?}");
-    for line in printed
-        .iter()
-        .filter(|line| line.contains("PaymentSuccess key"))
-    {
+    for line in payment_lines(&printed) {
         let logged: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
         let span = &logged["span"];
         assert_eq!(span["name"], "kq.consume", "{line}");

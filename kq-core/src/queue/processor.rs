@@ -58,7 +58,7 @@ struct Recorder {
 
 impl Recorder {
     fn new(queue: Arc<QueueShared>) -> Self {
-        let tally = queue.observed.as_ref().map(|observed| observed.tally());
+        let tally = queue.observed.as_ref().map(|_| Tally::default());
         Recorder {
             queue,
             tally,
@@ -277,7 +277,7 @@ fn record(queue: &QueueShared, outcome: Outcome, started: Option<Instant>) {
         metrics.record(&queue.name, outcome, elapsed);
     }
     if let Some(observed) = &queue.observed {
-        let mut tally = observed.tally();
+        let mut tally = Tally::default();
         tally.record(outcome, elapsed);
         observed.add(&mut tally);
     }
