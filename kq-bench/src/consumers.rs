@@ -198,8 +198,30 @@ async fn run_kq(
     Ok(())
 }
 
+/// The consume scenario's subjects, by the names `KQ_BENCH_ONLY` takes.
+const CONSUME_SUBJECTS: [&str; 3] = ["kq", "stream", "base"];
+
+/// Which consume subjects run: all of them, or those `KQ_BENCH_ONLY` names (comma-separated),
+/// to profile one side alone.
+fn consume_subjects() -> anyhow::Result<[bool; 3]> {
+    let Ok(only) = std::env::var("KQ_BENCH_ONLY") else {
+        return Ok([true; 3]);
+    };
+    let mut chosen = [false; 3];
+    for name in only.split(',').map(str::trim) {
+        match CONSUME_SUBJECTS.iter().position(|s| *s == name) {
+            Some(i) => chosen[i] = true,
+            None => anyhow::bail!(
+                "KQ_BENCH_ONLY: unknown subject `{name}`; expected some of {CONSUME_SUBJECTS:?}"
+            ),
+        }
+    }
+    Ok(chosen)
+}
+
 /// Scenario 1: no-op handler, 1M pre-produced messages.
 pub async fn consume_throughput(settings: &Settings) -> anyhow::Result<Vec<Row>> {
+    let chosen = consume_subjects()?;
     let n = settings.messages;
     let topic = fill(settings, n, 10_000).await?;
     let mut rows = Vec::new();
@@ -207,6 +229,9 @@ pub async fn consume_throughput(settings: &Settings) -> anyhow::Result<Vec<Row>>
         // Each repetition starts with the next subject, so that none is always the first
         // to read the freshly filled topic.
         for subject in (0..3).map(|i| (i + rep) % 3) {
+            if !chosen[subject] {
+                continue;
+            }
             let cpu = cpu_time();
             let row = match subject {
                 0 => {

@@ -8,6 +8,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::Mutex;
 
 use super::buffers::BufferPool;
+use super::fetch::BURST;
 use super::offsets::PartitionState;
 use crate::conf::Ordering;
 use crate::message::Message;
@@ -65,6 +66,8 @@ pub(crate) struct Dispatcher {
     fetched: Vec<i64>,
     ordering: Ordering,
     in_flight: Arc<AtomicUsize>,
+    /// The room a new run starts with: a lane's share of a burst.
+    run_capacity: usize,
 }
 
 impl Dispatcher {
@@ -99,6 +102,7 @@ impl Dispatcher {
             pending: (0..lanes.len()).map(|_| Vec::new()).collect(),
             fetched_partition: None,
             fetched: Vec::new(),
+            run_capacity: BURST.div_ceil(lanes.len()),
             lanes,
             ordering,
             in_flight,
@@ -133,13 +137,19 @@ impl Dispatcher {
             return;
         }
         let lane = self.lane_of(&msg);
+        let run_capacity = self.run_capacity;
         let lane = &mut self.pending[lane];
         match lane.last_mut() {
             Some(run) if Arc::ptr_eq(&run.partition, partition) => run.msgs.push(msg),
-            _ => lane.push(Run {
-                partition: partition.clone(),
-                msgs: vec![msg],
-            }),
+            _ => {
+                // Sized for a lane's share of a burst, so that a run is not copied as it grows.
+                let mut msgs = Vec::with_capacity(run_capacity);
+                msgs.push(msg);
+                lane.push(Run {
+                    partition: partition.clone(),
+                    msgs,
+                });
+            }
         }
     }
 

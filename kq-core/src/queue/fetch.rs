@@ -35,7 +35,7 @@ use crate::service::Shutdown;
 /// How long one poll waits for a message.
 const POLL: Duration = Duration::from_millis(100);
 /// Messages taken from librdkafka at most before they are handed to the lanes.
-const BURST: usize = 256;
+pub(super) const BURST: usize = 256;
 /// How long the loop sleeps between checks for room while the queue is full.
 const ROOM_CHECK: Duration = Duration::from_micros(200);
 /// librdkafka's `fetch.queue.backoff.ms` for kq consumers.

@@ -156,7 +156,15 @@ fn watermark_of(p: &Progress) -> Option<i64> {
     }
 }
 
+/// Where `offset` sits in the window. Offsets are mostly consecutive, so its distance from the
+/// front is tried first; compacted topics and transaction markers leave gaps, which the
+/// binary search covers.
 fn position(window: &VecDeque<(i64, bool)>, offset: i64) -> Option<usize> {
+    let front = window.front()?.0;
+    let guess = usize::try_from(offset.checked_sub(front)?).ok()?;
+    if window.get(guess).is_some_and(|&(o, _)| o == offset) {
+        return Some(guess);
+    }
     window.binary_search_by_key(&offset, |&(o, _)| o).ok()
 }
 
@@ -204,6 +212,20 @@ mod tests {
         state.finish_all(&[20]);
         state.finish_all(&[8]);
         assert_eq!(state.watermark(), Some(21));
+    }
+
+    #[test]
+    fn offsets_are_found_with_and_without_gaps() {
+        let consecutive: VecDeque<_> = (100..110).map(|o| (o, false)).collect();
+        assert_eq!(position(&consecutive, 100), Some(0));
+        assert_eq!(position(&consecutive, 107), Some(7));
+        assert_eq!(position(&consecutive, 99), None);
+        assert_eq!(position(&consecutive, 110), None);
+        let gapped: VecDeque<_> = [3, 7, 8, 20].into_iter().map(|o| (o, false)).collect();
+        assert_eq!(position(&gapped, 20), Some(3));
+        assert_eq!(position(&gapped, 8), Some(2));
+        assert_eq!(position(&gapped, 5), None);
+        assert_eq!(position(&VecDeque::new(), 0), None);
     }
 
     #[test]
