@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release -p kq-bench -- all            # every scenario
 //! cargo run --release -p kq-bench -- consume push   # some of them
+//! KQ_BENCH_ONLY=kq cargo run --release -p kq-bench -- consume   # one side, to profile it
 //! ```
 //!
 //! The broker is tansu with in-memory storage, started by `scripts/broker.sh` (and installed
