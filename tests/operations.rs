@@ -14,13 +14,33 @@ use tokio::net::TcpListener;
 #[derive(Default)]
 struct Count(AtomicUsize);
 
+/// How long the handler takes over the message "slow"; the others take next to nothing.
+const SLOW: Duration = Duration::from_millis(300);
+
 #[kq::consumer(conf = "Observed")]
 async fn observed(count: kq::State<Count>, _key: &str, value: &str) -> Result<(), String> {
     count.0 .0.fetch_add(1, Ordering::SeqCst);
     match value {
         "bad" => Err("cannot handle it".into()),
+        "slow" => {
+            tokio::time::sleep(SLOW).await;
+            Ok(())
+        }
         _ => Ok(()),
     }
+}
+
+/// The handler-time histogram's cumulative count at bucket bound `le`.
+fn handler_time_bucket(metrics: &str, le: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|line| {
+            line.starts_with("kq_handler_duration_seconds_bucket{")
+                && line.contains("consumer=\"observed\"")
+                && line.contains(&format!("le=\"{le}\""))
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
 }
 
 /// The value of the first sample whose line starts with `prefix`.
@@ -45,7 +65,7 @@ async fn metrics_health_and_readiness_are_served() {
     let topic = unique("observed");
     create_topic(&topic, 2).await;
     let pusher = Pusher::from_conf(&pusher_conf(&topic)).unwrap();
-    for value in ["a", "b", "c", "bad"] {
+    for value in ["a", "b", "c", "bad", "slow"] {
         pusher.kpush(value, value).await.unwrap();
     }
 
@@ -56,7 +76,7 @@ async fn metrics_health_and_readiness_are_served() {
     let running = Running::start("observed", conf, &count);
 
     let wait = Duration::from_secs(60);
-    assert!(eventually(wait, || count.0.load(Ordering::SeqCst) >= 5).await);
+    assert!(eventually(wait, || count.0.load(Ordering::SeqCst) >= 6).await);
     let mut ready = (0, String::new());
     for _ in 0..100 {
         ready = http_get(port, "/readyz").await;
@@ -90,15 +110,33 @@ async fn metrics_health_and_readiness_are_served() {
             &format!("kq_messages_total{{{labels},outcome=\"{outcome}\"}}"),
         )
     };
-    assert_eq!(messages("ok"), Some(3.0), "{metrics}");
+    assert_eq!(messages("ok"), Some(4.0), "{metrics}");
     assert_eq!(messages("retried"), Some(1.0), "{metrics}");
     assert_eq!(messages("error"), Some(1.0), "{metrics}");
+    // Six handler runs: the slow one timed as long as it took, the others (the failed run and
+    // its retry included) not charged with its time nor with the retry's wait.
     assert_eq!(
         sample(
             &metrics,
             "kq_handler_duration_seconds_count{consumer=\"observed\"}"
         ),
+        Some(6.0),
+        "{metrics}"
+    );
+    let seconds = sample(
+        &metrics,
+        "kq_handler_duration_seconds_sum{consumer=\"observed\"}",
+    )
+    .unwrap_or(0.0);
+    assert!(seconds >= SLOW.as_secs_f64(), "{metrics}");
+    assert_eq!(
+        handler_time_bucket(&metrics, "0.1024"),
         Some(5.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        handler_time_bucket(&metrics, "0.4096"),
+        Some(6.0),
         "{metrics}"
     );
     assert!(
@@ -123,7 +161,7 @@ async fn metrics_health_and_readiness_are_served() {
             &metrics,
             &format!("kq_pusher_delivered_total{{topic=\"{topic}\"}}")
         ),
-        Some(4.0),
+        Some(5.0),
         "{metrics}"
     );
     assert!(
