@@ -30,19 +30,6 @@ async fn observed(count: kq::State<Count>, _key: &str, value: &str) -> Result<()
     }
 }
 
-/// The handler-time histogram's cumulative count at bucket bound `le`.
-fn handler_time_bucket(metrics: &str, le: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|line| {
-            line.starts_with("kq_handler_duration_seconds_bucket{")
-                && line.contains("consumer=\"observed\"")
-                && line.contains(&format!("le=\"{le}\""))
-        })
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-}
-
 /// The value of the first sample whose line starts with `prefix`.
 fn sample(metrics: &str, prefix: &str) -> Option<f64> {
     metrics
@@ -129,16 +116,14 @@ async fn metrics_health_and_readiness_are_served() {
     )
     .unwrap_or(0.0);
     assert!(seconds >= SLOW.as_secs_f64(), "{metrics}");
-    assert_eq!(
-        handler_time_bucket(&metrics, "0.1024"),
-        Some(5.0),
-        "{metrics}"
-    );
-    assert_eq!(
-        handler_time_bucket(&metrics, "0.4096"),
-        Some(6.0),
-        "{metrics}"
-    );
+    let bucket = |le: &str| {
+        sample(
+            &metrics,
+            &format!("kq_handler_duration_seconds_bucket{{le=\"{le}\",consumer=\"observed\"}}"),
+        )
+    };
+    assert_eq!(bucket("0.1024"), Some(5.0), "{metrics}");
+    assert_eq!(bucket("0.4096"), Some(6.0), "{metrics}");
     assert!(
         metrics.contains(&format!("kq_consumer_lag{{{labels},partition=")),
         "{metrics}"

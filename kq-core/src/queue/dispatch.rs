@@ -66,8 +66,6 @@ pub(crate) struct Dispatcher {
     fetched: Vec<i64>,
     ordering: Ordering,
     in_flight: Arc<AtomicUsize>,
-    /// The room a new run starts with: a lane's share of a burst.
-    run_capacity: usize,
 }
 
 impl Dispatcher {
@@ -102,7 +100,6 @@ impl Dispatcher {
             pending: (0..lanes.len()).map(|_| Vec::new()).collect(),
             fetched_partition: None,
             fetched: Vec::new(),
-            run_capacity: BURST.div_ceil(lanes.len()),
             lanes,
             ordering,
             in_flight,
@@ -137,13 +134,12 @@ impl Dispatcher {
             return;
         }
         let lane = self.lane_of(&msg);
-        let run_capacity = self.run_capacity;
         let lane = &mut self.pending[lane];
         match lane.last_mut() {
             Some(run) if Arc::ptr_eq(&run.partition, partition) => run.msgs.push(msg),
             _ => {
                 // Sized for a lane's share of a burst, so that a run is not copied as it grows.
-                let mut msgs = Vec::with_capacity(run_capacity);
+                let mut msgs = Vec::with_capacity(BURST.div_ceil(self.lanes.len()));
                 msgs.push(msg);
                 lane.push(Run {
                     partition: partition.clone(),
