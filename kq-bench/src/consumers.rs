@@ -198,7 +198,8 @@ async fn run_kq(
     Ok(())
 }
 
-/// The consume scenario's subjects, by the names `KQ_BENCH_ONLY` takes.
+/// The consume scenario's subjects, by the names `KQ_BENCH_ONLY` takes, in the order
+/// `consume_throughput` numbers them (0 is kq).
 const CONSUME_SUBJECTS: [&str; 3] = ["kq", "stream", "base"];
 
 /// Which consume subjects run: all of them, or those `KQ_BENCH_ONLY` names (comma-separated),
