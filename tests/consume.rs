@@ -1,10 +1,11 @@
 //! Registered consumers against a broker, through the public API: every pushed message is
 //! handled, per-key order holds, the error policy retries and commits, a panic or an
-//! undecodable payload does not kill a worker, and shutdown commits what was handled.
+//! undecodable payload does not kill a worker, and shutdown commits what was handled, even
+//! while the group is still forming.
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -403,6 +404,38 @@ async fn shutdown_commits_so_a_restart_resumes_where_it_stopped() {
         values.iter().all(|v| v.starts_with("second-")),
         "{values:?}"
     );
+}
+
+#[kq::consumer(conf = "Forming")]
+async fn forming(seen: kq::State<Seen>, _key: &str, value: &str) {
+    seen.record_value(value);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_while_the_group_forms_completes_and_loses_nothing() {
+    let topic = unique("forming");
+    create_topic(&topic, 8).await;
+    let pusher = pusher(&topic).await;
+    let pushed: BTreeSet<String> = (0..80).map(|i| format!("forming-{i}")).collect();
+    for (i, value) in pushed.iter().enumerate() {
+        pusher.kpush(format!("k{i}"), value).await.unwrap();
+    }
+    let mut conf = consumer_conf(&topic);
+    // Eight members join one by one, so the group rebalances again and again at first.
+    conf.consumers = 8;
+    let seen = Arc::new(Seen::default());
+    // A stop before the first join, during the joins, and once partitions are assigned.
+    for delay in [0, 300, 1000, 2500] {
+        let running = Running::start("forming", conf.clone(), &seen);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        // Generous: handlers get ShutdownTimeout and each member some seconds to leave.
+        let stopped = tokio::time::timeout(WAIT, running.stop()).await;
+        assert!(stopped.is_ok(), "a stop {delay} ms after the start hung");
+    }
+    let running = Running::start("forming", conf, &seen);
+    let all_seen = || seen.values().into_iter().collect::<BTreeSet<_>>() == pushed;
+    assert!(eventually(WAIT, all_seen).await, "{:?}", seen.values());
+    running.stop().await;
 }
 
 static STARTED: AtomicUsize = AtomicUsize::new(0);

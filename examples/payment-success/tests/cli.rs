@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -43,6 +43,33 @@ fn spawn_service<T: Send + Clone + 'static>(
     (child, reader)
 }
 
+/// Asks a running service to stop, as a process manager does.
+fn sigterm(child: &mut Child) {
+    let pid = child.id().to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(sent.success(), "kill -TERM {pid}");
+}
+
+/// How long a service may take to stop after SIGTERM.
+const STOP_LIMIT: Duration = Duration::from_secs(30);
+
+/// Waits for a service sent SIGTERM to exit. One still running after `STOP_LIMIT` is killed
+/// and fails the test.
+fn stopped(child: &mut Child) -> ExitStatus {
+    let deadline = Instant::now() + STOP_LIMIT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the service did not stop within {STOP_LIMIT:?} of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The real broker named by `KQ_TEST_BROKERS`, if any.
 fn real_broker() -> Option<String> {
     let brokers = std::env::var("KQ_TEST_BROKERS")
@@ -68,9 +95,7 @@ fn the_seed_service_consumes_its_payments_and_stops_on_sigterm() {
             }
         }
     }
-    let pid = child.id().to_string();
-    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(killed.success());
+    sigterm(&mut child);
     handled.sort();
     assert_eq!(handled.len(), 5, "{handled:#?}");
     for (n, line) in (1..=5).zip(&handled) {
@@ -80,17 +105,7 @@ fn the_seed_service_consumes_its_payments_and_stops_on_sigterm() {
         );
     }
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the service did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = stopped(&mut child);
     assert_eq!(status.code(), Some(0), "a graceful stop exits with 0");
     let rest: Vec<String> = lines.try_iter().map(|((), line)| line).collect();
     assert!(
@@ -258,14 +273,10 @@ fn two_processes_split_the_partitions_and_lose_nothing() {
     while distinct(&handled) < PAYMENTS && Instant::now() < deadline {
         collect(Duration::from_millis(100), &mut handled);
     }
-    for child in [&first, &second] {
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-    }
-    let first_status = first.wait().unwrap();
-    let second_status = second.wait().unwrap();
+    sigterm(&mut first);
+    sigterm(&mut second);
+    let first_status = stopped(&mut first);
+    let second_status = stopped(&mut second);
     while let Ok((which, line)) = lines.try_recv() {
         if let Some(at) = line.find("PaymentSuccess key: ") {
             handled[which].push(
@@ -416,11 +427,8 @@ fn killed_consumers_lose_nothing_and_keep_key_order() {
             break;
         }
     }
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
+    sigterm(&mut child);
+    let status = stopped(&mut child);
     reader.join().unwrap();
     last_run.extend(rx.try_iter().filter_map(|((), l)| parse(&l)));
     runs.push(last_run);
@@ -535,9 +543,8 @@ fn output_of_a_run(file: &Path, limit: Duration) -> (Vec<String>, Option<i32>) {
     while payments(&printed) < 5 && Instant::now() < deadline {
         printed.extend(lines.recv_timeout(Duration::from_millis(200)));
     }
-    let pid = child.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let status = child.wait().unwrap();
+    sigterm(&mut child);
+    let status = stopped(&mut child);
     reader.join().unwrap();
     printed.extend(lines.try_iter());
     (printed, status.code())

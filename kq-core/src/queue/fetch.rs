@@ -42,6 +42,9 @@ const ROOM_CHECK: Duration = Duration::from_micros(200);
 const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 /// How often librdkafka reports statistics (consumer lag) while metrics are collected.
 const STATISTICS_INTERVAL_MS: &str = "1000";
+/// How long a stopped member may take to leave its group: one round trip to the coordinator
+/// when all goes well.
+const LEAVE_LIMIT: Duration = Duration::from_secs(10);
 /// The longest pause after repeated poll errors.
 const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -95,6 +98,7 @@ pub(crate) fn spawn_member(
         last_commit: Instant::now(),
         errors_in_a_row: 0,
     };
+    let (left_tx, left_rx) = oneshot::channel::<()>();
     thread::Builder::new()
         .name(name)
         .spawn(move || {
@@ -102,17 +106,20 @@ pub(crate) fn spawn_member(
             let consumer = fetch.member.queue.name.clone();
             // A panic ends the member like an error, and the health endpoint sees it at once
             // rather than when the queue gets round to awaiting this member.
-            let result =
-                panic::catch_unwind(AssertUnwindSafe(|| fetch.run())).unwrap_or_else(|_| {
-                    Err(Error::Stopped {
-                        consumer,
-                        reason: "the fetch thread panicked".into(),
-                    })
-                });
+            let (result, closing) = match panic::catch_unwind(AssertUnwindSafe(|| fetch.run())) {
+                Ok(closing) => (Ok(()), Some(closing)),
+                Err(_) => {
+                    let reason = "the fetch thread panicked".into();
+                    (Err(Error::Stopped { consumer, reason }), None)
+                }
+            };
             if let Some(health) = health {
                 health.stopped(result.is_err());
             }
+            // Everything is committed by now; what is left is leaving the group.
             let _ = stopped_tx.send(result);
+            drop(closing);
+            let _ = left_tx.send(());
         })
         .map_err(|e| Error::Stopped {
             consumer: queue.name.clone(),
@@ -120,12 +127,25 @@ pub(crate) fn spawn_member(
         })?;
     let consumer_name = queue.name.clone();
     Ok(async move {
-        stopped_rx.await.unwrap_or_else(|_| {
+        let result = stopped_rx.await.unwrap_or_else(|_| {
             Err(Error::Stopped {
-                consumer: consumer_name,
+                consumer: consumer_name.clone(),
                 reason: "the fetch thread ended without a result".into(),
             })
-        })
+        });
+        // Closing a librdkafka consumer can wait forever when a rebalance races the group's
+        // termination. The offsets are committed already, so the queue stops waiting rather
+        // than hold the service's exit; the group then drops the member when its session
+        // expires, as it would a killed process.
+        if tokio::time::timeout(LEAVE_LIMIT, left_rx).await.is_err() {
+            tracing::warn!(
+                consumer = %consumer_name,
+                member = index,
+                waited = ?LEAVE_LIMIT,
+                "the consumer did not leave its group in time; the group drops it when its session expires"
+            );
+        }
+        result
     })
 }
 
@@ -206,7 +226,8 @@ struct FetchLoop {
 }
 
 impl FetchLoop {
-    fn run(mut self) -> Result<(), Error> {
+    /// Fetches until shutdown; returns the consumer, its partitions released and committed.
+    fn run(mut self) -> BaseConsumer<MemberContext> {
         let queue = self.member.queue.clone();
         tracing::info!(
             consumer = %queue.name,
@@ -272,13 +293,13 @@ impl FetchLoop {
             self.commit_if_due();
         }
         let member = self.member.index;
-        self.stop();
+        let consumer = self.stop();
         tracing::info!(
             consumer = %queue.name,
             member,
             "consumer stopped"
         );
-        Ok(())
+        consumer
     }
 
     fn back_off(&mut self, error: KafkaError) {
@@ -312,14 +333,14 @@ impl FetchLoop {
         }
     }
 
-    /// Stops fetching, lets running handlers finish within `ShutdownTimeout`, commits, and
-    /// leaves the group (when the consumer is dropped).
-    fn stop(mut self) {
+    /// Stops fetching, lets running handlers finish within `ShutdownTimeout` and commits.
+    /// Returns the consumer, which leaves the group when it is dropped.
+    fn stop(mut self) -> BaseConsumer<MemberContext> {
         self.held = None;
         let owned: Vec<i32> = self.member.owned().iter().map(|p| p.partition()).collect();
         // Releasing everything also leaves nothing for the rebalance callback that closing
         // the consumer triggers.
         self.member.release(&self.consumer, &owned);
-        // self.consumer.unsubscribe();
+        self.consumer
     }
 }

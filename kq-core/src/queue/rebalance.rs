@@ -7,14 +7,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaResult;
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::TopicPartitionList;
 
 use super::buffers::BufferPool;
 use super::commit;
 use super::offsets::PartitionState;
 use super::QueueShared;
+use crate::conf::Assignor;
 use crate::observe::{self, MemberHealth};
 
 /// A group member: one librdkafka consumer and the partitions it currently owns.
@@ -127,6 +129,45 @@ impl ClientContext for MemberContext {
 }
 
 impl ConsumerContext for MemberContext {
+    // rdkafka's own handler first asks librdkafka for the group's rebalance protocol. That
+    // request, like the (un)assign after it, waits without limit for the group's thread, which
+    // drops it unanswered if the group terminates meanwhile: a revoke served while the
+    // consumer closes could then hang the member for good. The protocol follows from the
+    // assignor kq configured, so it is not asked for, and a closed group is not called at all.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        list: &mut TopicPartitionList,
+    ) {
+        let list = &*list;
+        let rebalance = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Rebalance::Assign(list),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke(list),
+            other => Rebalance::Error(KafkaError::Rebalance(other.into())),
+        };
+        self.pre_rebalance(consumer, &rebalance);
+        if !consumer.closed() {
+            let incremental = self.member.queue.conf.assignor == Assignor::CooperativeSticky;
+            let applied = match (&rebalance, incremental) {
+                (Rebalance::Assign(list), true) => consumer.incremental_assign(list),
+                (Rebalance::Assign(list), false) => consumer.assign(list),
+                // A failed rebalance gives the partitions up, as a revoke does.
+                (_, true) => consumer.incremental_unassign(list),
+                (_, false) => consumer.unassign(),
+            };
+            if let Err(e) = applied {
+                tracing::warn!(
+                    consumer = %self.member.queue.name,
+                    member = self.member.index,
+                    error = %e,
+                    "applying the rebalance failed"
+                );
+            }
+        }
+        self.post_rebalance(consumer, &rebalance);
+    }
+
     // Runs on the fetch thread inside `poll`, before librdkafka unassigns: the only moment a
     // member can still commit for partitions it is losing.
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
