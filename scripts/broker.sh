@@ -11,6 +11,8 @@
 #   sasl    SASL required (tansu --authentication). SCRAM users kq-scram-256 (password
 #           kq-secret-256, SCRAM-SHA-256) and kq-scram-512 (kq-secret-512, SCRAM-SHA-512) and
 #           the topic kq-secure (8 partitions) are created before authentication is turned on.
+#   plain   SASL PLAIN required (user kq-plain, password kq-secret-plain), checked by
+#           scripts/sasl-plain.py in front of tansu, which has no PLAIN. Topic kq-secure.
 #   tls     mutual TLS: a TLS listener (socat) in front of tansu that presents a certificate for
 #           127.0.0.1 signed by .broker/tls/ca.pem and asks for a client certificate signed by
 #           the same CA (client.pem, client.key). other-ca.pem signed nothing. Topic kq-secure.
@@ -21,11 +23,14 @@ TANSU_VERSION=0.6.0
 root=$(cd "$(dirname "$0")/.." && pwd)
 command=${1:-up}
 kind=${2:-memory}
-case "$kind" in memory | sqlite | sasl | tls) ;; *) echo "unknown kind '$kind': memory, sqlite, sasl or tls" >&2; exit 2 ;; esac
+case "$kind" in
+  memory | sqlite | sasl | plain | tls) ;;
+  *) echo "unknown kind '$kind': memory, sqlite, sasl, plain or tls" >&2; exit 2 ;;
+esac
 state="$root/.broker/$kind"
 mkdir -p "$state"
 
-# Every process of a broker (tansu, and the TLS listener) has its pid on a line of $state/pids.
+# Every process of a broker (tansu, and the TLS or PLAIN listener) has its pid on a line of $state/pids.
 running() {
   [[ -f "$state/pids" ]] || return 1
   local pid
@@ -124,6 +129,17 @@ up() {
       start_tansu "$addr" "$addr" sqlite://./tansu.db --authentication
       wait_until listening "$addr"
       ;;
+    plain)
+      # tansu tells clients to come back through the PLAIN listener; only it reaches tansu.
+      local inner="127.0.0.1:$(free_port)"
+      start_tansu "$inner" "$addr" memory://tansu/
+      wait_until answers "$inner"
+      tansu topic create kq-secure --partitions 8 --broker "tcp://$inner" >&2
+      (exec setsid python3 "$root/scripts/sasl-plain.py" "${addr##*:}" "$inner" \
+        kq-plain kq-secret-plain >>"$state/log" 2>&1 </dev/null) &
+      echo $! >>"$state/pids"
+      wait_until listening "$addr"
+      ;;
     tls)
       command -v socat >/dev/null || { echo "socat is needed for the tls broker" >&2; exit 1; }
       make_certificates
@@ -164,5 +180,5 @@ case "$command" in
   up) up ;;
   down) down ;;
   addr) running && cat "$state/addr" || { echo "no $kind broker running" >&2; exit 1; } ;;
-  *) echo "usage: $0 up|down|addr [memory|sqlite|sasl|tls]" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|addr [memory|sqlite|sasl|plain|tls]" >&2; exit 2 ;;
 esac

@@ -1,8 +1,9 @@
 //! TLS and SASL against real brokers, consumers and pushers alike.
 //!
-//! `scripts/test.sh --real` starts them with `scripts/broker.sh up tls` and `up sasl` and names
-//! them in `KQ_TEST_TLS_BROKERS` (with the certificates in `KQ_TEST_TLS_DIR`) and
-//! `KQ_TEST_SASL_BROKERS`. Without those variables these tests say they were skipped.
+//! `scripts/test.sh --real` starts them with `scripts/broker.sh up tls`, `up sasl` and
+//! `up plain` and names them in `KQ_TEST_TLS_BROKERS` (with the certificates in
+//! `KQ_TEST_TLS_DIR`), `KQ_TEST_SASL_BROKERS` (SCRAM) and `KQ_TEST_PLAIN_BROKERS` (PLAIN, go-queue's
+//! mechanism). Without those variables these tests say they were skipped.
 
 mod common;
 
@@ -88,6 +89,10 @@ fn sasl_broker() -> Option<String> {
     std::env::var("KQ_TEST_SASL_BROKERS").ok()
 }
 
+fn plain_broker() -> Option<String> {
+    std::env::var("KQ_TEST_PLAIN_BROKERS").ok()
+}
+
 fn skipped(what: &str) {
     eprintln!("skipped: no {what} broker (run scripts/test.sh --real)");
 }
@@ -105,8 +110,12 @@ fn mutual_tls() -> Option<Credentials> {
 }
 
 fn sasl(mechanism: Mechanism, username: &str, password: &str) -> Option<Credentials> {
+    let brokers = match mechanism {
+        Mechanism::Plain => plain_broker()?,
+        Mechanism::ScramSha256 | Mechanism::ScramSha512 => sasl_broker()?,
+    };
     Some(Credentials {
-        brokers: sasl_broker()?,
+        brokers,
         username: username.to_owned(),
         password: password.to_owned(),
         mechanism,
@@ -196,6 +205,31 @@ async fn scram_sha_512_round_trips() {
 async fn a_wrong_scram_password_is_refused() {
     let Some(credentials) = sasl(Mechanism::ScramSha512, "kq-scram-512", "not-the-password") else {
         return skipped("SASL");
+    };
+    push_is_refused(&credentials).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_round_trips() {
+    // go-queue's only mechanism: `Username` and `Password` without `Mechanism`.
+    let Some(credentials) = sasl(Mechanism::default(), "kq-plain", "kq-secret-plain") else {
+        return skipped("PLAIN");
+    };
+    round_trip(&credentials).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_plain_password_is_refused() {
+    let Some(credentials) = sasl(Mechanism::Plain, "kq-plain", "not-the-password") else {
+        return skipped("PLAIN");
+    };
+    push_is_refused(&credentials).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_credentials_is_refused_by_the_plain_broker() {
+    let Some(credentials) = sasl(Mechanism::Plain, "", "") else {
+        return skipped("PLAIN");
     };
     push_is_refused(&credentials).await;
 }
