@@ -26,6 +26,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
+
 use crate::conf::KqConf;
 use crate::error::Error;
 use crate::handler::{Handler, HandlerError};
@@ -175,17 +177,23 @@ impl Queue {
             metrics: self.metrics,
             dead_letter,
         });
-        let mut members = Vec::with_capacity(shared.conf.conns);
-        for member in 0..shared.conf.conns {
-            members.push(fetch::spawn_member(
-                shared.clone(),
-                member,
-                shutdown.clone(),
-            )?);
-        }
+        // Awaited together, so that whichever member fails first stops the others at once, and
+        // the members' stops overlap.
+        let mut members = FuturesUnordered::new();
         let mut first_error = None;
-        for member in members {
-            if let Err(e) = member.await {
+        for member in 0..shared.conf.conns {
+            match fetch::spawn_member(shared.clone(), member, shutdown.clone()) {
+                Ok(stopped) => members.push(stopped),
+                Err(e) => {
+                    // The members already started stop and commit before the error returns.
+                    shutdown.trigger();
+                    first_error = Some(e);
+                    break;
+                }
+            }
+        }
+        while let Some(stopped) = members.next().await {
+            if let Err(e) = stopped {
                 // One member failing stops its siblings too: the service is not healthy.
                 shutdown.trigger();
                 first_error.get_or_insert(e);
