@@ -134,6 +134,8 @@ impl ConsumerContext for MemberContext {
     // drops it unanswered if the group terminates meanwhile: a revoke served while the
     // consumer closes could then hang the member for good. The protocol follows from the
     // assignor kq configured, so it is not asked for, and a closed group is not called at all.
+    // The (un)assign can still meet a group terminating at that very moment; the wait for a
+    // stopped member to leave its group is bounded for that (`fetch::LEAVE_LIMIT`).
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
