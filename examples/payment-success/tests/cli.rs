@@ -51,7 +51,7 @@ fn sigterm(child: &mut Child) {
 }
 
 /// How long a service may take to stop after SIGTERM.
-const STOP_LIMIT: Duration = Duration::from_secs(30);
+const STOP_LIMIT: Duration = Duration::from_secs(20);
 
 /// Waits for a service sent SIGTERM to exit. One still running after `STOP_LIMIT` is killed
 /// and fails the test.
