@@ -7,9 +7,10 @@
 //! ```
 //!
 //! The broker is tansu with in-memory storage, started by `scripts/broker.sh` (and installed
-//! the first time), unless `KQ_BENCH_BROKERS` names another. Each scenario runs kq and its raw
-//! rdkafka baseline in the same run, alternating, with the same librdkafka fetch settings,
-//! prints a table and writes `target/kq-bench.json`.
+//! the first time), unless `KQ_BENCH_BROKERS` names another; the latency scenario runs again
+//! on the embedded broker, which answers fetches as soon as it has data. Each scenario runs kq
+//! and its raw rdkafka baseline in the same run, alternating, with the same librdkafka fetch
+//! settings, prints a table and writes `target/kq-bench.json`.
 
 mod consumers;
 mod measure;
@@ -22,8 +23,11 @@ use anyhow::{bail, Context as _};
 use measure::Row;
 
 /// Settings both sides use; printed with the results.
+#[derive(Clone)]
 pub struct Settings {
     pub brokers: String,
+    /// Whether `brokers` is the process's embedded broker (librdkafka's mock cluster).
+    pub embedded: bool,
     pub messages: u64,
     pub partitions: i32,
     pub value_bytes: usize,
@@ -73,6 +77,7 @@ fn main() -> anyhow::Result<()> {
     let (brokers, started) = broker()?;
     let settings = Settings {
         brokers,
+        embedded: false,
         messages: env_u64("KQ_BENCH_MESSAGES", 1_000_000),
         partitions: 8,
         value_bytes: 100,
