@@ -77,7 +77,13 @@ async def pipe(reader, writer):
 
 async def serve(client_reader, client_writer, upstream, user, password):
     host, port = upstream.rsplit(":", 1)
-    broker_reader, broker_writer = await asyncio.open_connection(host, int(port))
+    try:
+        broker_reader, broker_writer = await asyncio.open_connection(host, int(port))
+    except OSError:
+        # No broker behind the listener: the client sees its connection closed, as it would
+        # if the broker itself were down.
+        client_writer.close()
+        return
     handshake_version = None
     try:
         while True:
