@@ -1,7 +1,7 @@
 //! Registered consumers against a broker, through the public API: every pushed message is
-//! handled, per-key order holds, the error policy retries and commits, a panic or an
-//! undecodable payload does not kill a worker, and shutdown commits what was handled, even
-//! while the group is still forming.
+//! handled, per-key order holds, the error policy retries and commits, a panic, an
+//! undecodable payload or a malformed header name does not kill a worker, and shutdown commits
+//! what was handled, even while the group is still forming.
 
 mod common;
 
@@ -523,4 +523,109 @@ async fn a_full_queue_stops_fetching_and_loses_nothing() {
     values.sort();
     values.dedup();
     assert_eq!(values.len(), N, "every message, once");
+}
+
+#[kq::consumer(conf = "RawHeaders")]
+async fn record_headers(seen: kq::State<Seen>, msg: &kq::Message) {
+    let headers: Vec<String> = msg
+        .headers()
+        .iter()
+        .map(|(name, value)| format!("{name}={}", String::from_utf8_lossy(value.unwrap_or(b"-"))))
+        .collect();
+    seen.records.lock().unwrap().push(Record {
+        key: msg.key_str().unwrap_or_default().to_owned(),
+        value: headers.join(","),
+        partition: msg.partition(),
+        offset: msg.offset(),
+    });
+}
+
+/// Writes one record whose header name is not UTF-8, which kq's Pusher cannot write.
+fn push_with_raw_header_name(topic: &str, key: &str, name: &[u8], value: &[u8]) {
+    use rdkafka::bindings as rdsys;
+    use rdkafka::producer::{BaseProducer, Producer as _};
+    use std::ffi::{c_void, CString};
+
+    let brokers = if common::real_broker() {
+        common::brokers().join(",")
+    } else {
+        kq::EmbeddedBroker::get()
+            .expect("embedded broker")
+            .bootstrap_servers()
+            .to_owned()
+    };
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("producer");
+    let topic = CString::new(topic).unwrap();
+    let name = CString::new(name).unwrap();
+    let fields = [
+        rdsys::rd_kafka_vu_t {
+            vtype: rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_TOPIC,
+            u: rdsys::rd_kafka_vu_s__bindgen_ty_1 {
+                cstr: topic.as_ptr(),
+            },
+        },
+        rdsys::rd_kafka_vu_t {
+            vtype: rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_KEY,
+            u: rdsys::rd_kafka_vu_s__bindgen_ty_1 {
+                mem: rdsys::rd_kafka_vu_s__bindgen_ty_1__bindgen_ty_1 {
+                    ptr: key.as_ptr() as *mut c_void,
+                    size: key.len(),
+                },
+            },
+        },
+        rdsys::rd_kafka_vu_t {
+            vtype: rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_HEADER,
+            u: rdsys::rd_kafka_vu_s__bindgen_ty_1 {
+                header: rdsys::rd_kafka_vu_s__bindgen_ty_1__bindgen_ty_2 {
+                    name: name.as_ptr(),
+                    val: value.as_ptr().cast(),
+                    size: value.len() as isize,
+                },
+            },
+        },
+    ];
+    // SAFETY: every pointer in `fields` outlives the call, which copies what it points to.
+    let error = unsafe {
+        rdsys::rd_kafka_produceva(
+            producer.client().native_ptr(),
+            fields.as_ptr(),
+            fields.len(),
+        )
+    };
+    assert!(error.is_null(), "produceva refused the record");
+    producer.flush(Duration::from_secs(30)).expect("delivered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_name_that_is_not_utf8_neither_stops_the_consumer_nor_loses_the_record() {
+    let topic = unique("raw-headers");
+    create_topic(&topic, 1).await;
+    let raw_topic = topic.clone();
+    tokio::task::spawn_blocking(move || {
+        push_with_raw_header_name(&raw_topic, "odd", b"bad-\xff-name", b"v")
+    })
+    .await
+    .unwrap();
+    pusher(&topic)
+        .await
+        .push_with_headers("after", "x", [("good", b"g".as_slice())])
+        .await
+        .expect("push");
+
+    let seen = Arc::new(Seen::default());
+    let running = Running::start("record_headers", consumer_conf(&topic), &seen);
+    assert!(eventually(WAIT, || seen.count() >= 2).await);
+    running.stop().await;
+
+    let records = seen.records.lock().unwrap().clone();
+    let by_key: BTreeMap<&str, &str> = records
+        .iter()
+        .map(|r| (r.key.as_str(), r.value.as_str()))
+        .collect();
+    // The name's invalid byte reads as U+FFFD; the value is untouched.
+    assert_eq!(by_key.get("odd"), Some(&"bad-\u{fffd}-name=v"));
+    assert_eq!(by_key.get("after"), Some(&"good=g"));
 }

@@ -1,9 +1,11 @@
 //! The message a handler receives: an owned copy of one Kafka record.
 
-use std::fmt;
+use std::ffi::{c_char, c_void, CStr};
 use std::sync::Arc;
+use std::{fmt, ptr, slice};
 
-use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
+use rdkafka::bindings as rdsys;
+use rdkafka::message::{BorrowedMessage, Message as _};
 
 /// One consumed Kafka record, with everything a handler may ask about it.
 ///
@@ -79,15 +81,7 @@ impl Message {
         record: &BorrowedMessage<'_>,
         mut bytes: Vec<u8>,
     ) -> Self {
-        let headers = match record.headers() {
-            Some(headers) => Headers(
-                headers
-                    .iter()
-                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                    .collect(),
-            ),
-            None => Headers::default(),
-        };
+        let headers = read_headers(record);
         let key = record.key();
         let value = record.payload();
         let key_bytes = key.unwrap_or_default();
@@ -158,6 +152,50 @@ impl Message {
     pub fn headers(&self) -> &Headers {
         &self.headers
     }
+}
+
+/// Copies a record's headers out of librdkafka.
+///
+/// rdkafka's header accessors panic on a name that is not UTF-8, and a producer can write
+/// any bytes there: one such record would stop the consumer, and again after every restart.
+/// Names are read here instead, and an invalid one is kept with its bad bytes replaced.
+fn read_headers(record: &BorrowedMessage<'_>) -> Headers {
+    let mut native: *mut rdsys::rd_kafka_headers_t = ptr::null_mut();
+    // SAFETY: `record` is a live message; the headers librdkafka returns belong to it and
+    // are only read here, while `record` is borrowed.
+    let err = unsafe { rdsys::rd_kafka_message_headers(record.ptr(), &mut native) };
+    if err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || native.is_null() {
+        // No headers, or a header block librdkafka cannot parse: the record is delivered
+        // without them rather than not at all.
+        return Headers::default();
+    }
+    // SAFETY: as above, `native` is valid for as long as `record` is.
+    let count = unsafe { rdsys::rd_kafka_header_cnt(native) };
+    let mut headers = Vec::with_capacity(count);
+    for index in 0..count {
+        let mut name: *const c_char = ptr::null();
+        let mut value: *const c_void = ptr::null();
+        let mut size = 0;
+        // SAFETY: `index` is below the count; the pointers written are owned by the headers
+        // and read before `record` goes.
+        let err = unsafe {
+            rdsys::rd_kafka_header_get_all(native, index, &mut name, &mut value, &mut size)
+        };
+        if err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
+            break;
+        }
+        // SAFETY: librdkafka keeps every header name NUL-terminated, and a value of `size`
+        // bytes at `value` unless the value is null.
+        let (name, value) = unsafe {
+            (
+                CStr::from_ptr(name).to_string_lossy().into_owned(),
+                (!value.is_null())
+                    .then(|| slice::from_raw_parts(value.cast::<u8>(), size).to_vec()),
+            )
+        };
+        headers.push((name, value));
+    }
+    Headers(headers)
 }
 
 impl fmt::Debug for Message {
