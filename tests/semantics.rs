@@ -1,7 +1,7 @@
 //! The delivery guarantees, each tested through the public API: gap-free commits when
 //! handlers finish out of order, holding a partition with `ForceCommit: false`, the
-//! dead-letter topic, members joining and leaving while messages flow, and riding out a
-//! broker outage.
+//! dead-letter topic, a stop during a retry, members joining and leaving while messages flow,
+//! and riding out a broker outage.
 
 mod common;
 
@@ -163,6 +163,50 @@ async fn force_commit_false_holds_the_message_until_it_succeeds() {
         5,
         "retried past Retry.Attempts"
     );
+}
+
+#[kq::consumer(conf = "Interrupted")]
+async fn interrupted(member: kq::State<Member>, key: &str, value: &str) -> Result<(), String> {
+    member.log.attempt(value);
+    if value == "failing" && !member.log.release.load(Ordering::SeqCst) {
+        return Err("not yet".into());
+    }
+    member.log.push(member.id, key, value);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_a_retry_does_not_let_the_next_message_of_its_key_overtake_it() {
+    let topic = unique("interrupted");
+    create_topic(&topic, 1).await;
+    let pusher = pusher(&topic);
+    for value in ["failing", "next"] {
+        pusher.kpush("same-key", value).await.unwrap();
+    }
+    let mut conf = consumer_conf(&topic);
+    // The stop comes while the first message waits for its second attempt.
+    conf.retry.attempts = 5;
+    conf.retry.backoff = Duration::from_secs(5);
+    conf.retry.max_backoff = Duration::from_secs(5);
+
+    let log = Arc::new(Log::default());
+    let running = start("interrupted", conf.clone(), 0, &log);
+    let tried = |value: &str| log.attempts.lock().unwrap().contains_key(value);
+    assert!(eventually(WAIT, || tried("failing")).await);
+    running.stop().await;
+    assert!(
+        !tried("next"),
+        "the message behind an abandoned one with the same key started: {:?}",
+        log.values()
+    );
+
+    // The abandoned message was not committed: a restart handles both, in order.
+    let again = Arc::new(Log::default());
+    again.release.store(true, Ordering::SeqCst);
+    let running = start("interrupted", conf, 1, &again);
+    assert!(eventually(WAIT, || again.count() >= 2).await);
+    running.stop().await;
+    assert_eq!(again.values(), ["failing", "next"]);
 }
 
 #[kq::consumer(conf = "Poisoned")]

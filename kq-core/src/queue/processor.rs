@@ -116,8 +116,10 @@ pub(crate) async fn run(queue: Arc<QueueShared>, mut lane: Lane, shutdown: Shutd
             let partition = &run.partition;
             for msg in run.msgs {
                 // Revoked or stopping: a message that has not started belongs to whoever
-                // consumes the partition next.
-                if partition.start() {
+                // consumes the partition next. A stop is checked here and not only when the
+                // fetch thread gets round to revoking: a message abandoned mid-retry by the
+                // stop must not be overtaken by the next one with its key.
+                if !shutdown.is_triggered() && partition.start() {
                     let span = trace::message_span(&queue.name, &queue.conf.group, &msg);
                     let started = recorder.start();
                     let mut settling =
