@@ -525,6 +525,30 @@ async fn a_full_queue_stops_fetching_and_loses_nothing() {
     assert_eq!(values.len(), N, "every message, once");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_error_handler_does_not_stop_its_processor() {
+    let topic = unique("panicking-error-handler");
+    create_topic(&topic, 1).await;
+    let pusher = pusher(&topic).await;
+    for value in ["poison", "after"] {
+        pusher.kpush("same-key", value).await.expect("push");
+    }
+    let mut conf = consumer_conf(&topic);
+    conf.retry.attempts = 1;
+
+    let seen = Arc::new(Seen::default());
+    let running = Running::start_queue("flaky", conf, &seen, |queue| {
+        queue.with_error_handler(|_, _| panic!("the error handler fails too"))
+    });
+    // Same key, one lane: "after" runs only if the processor outlived the panic.
+    assert!(
+        eventually(WAIT, || seen.count() >= 1).await,
+        "nothing handled after the error handler panicked"
+    );
+    running.stop().await;
+    assert_eq!(seen.values(), ["after"]);
+}
+
 #[kq::consumer(conf = "RawHeaders")]
 async fn record_headers(seen: kq::State<Seen>, msg: &kq::Message) {
     let headers: Vec<String> = msg

@@ -51,14 +51,9 @@ impl HandlerError {
     }
 
     pub(crate) fn panicked(payload: &(dyn Any + Send)) -> Self {
-        let detail = payload
-            .downcast_ref::<&str>()
-            .copied()
-            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-            .unwrap_or("a non-string panic payload");
         HandlerError {
             kind: HandlerErrorKind::Panicked,
-            text: format!("handler panicked: {detail}"),
+            text: format!("handler panicked: {}", panic_detail(payload)),
         }
     }
 
@@ -303,4 +298,13 @@ pub mod generated {
     {
         Box::pin(future)
     }
+}
+
+/// What a panic said, when it said it with a string.
+pub(crate) fn panic_detail(payload: &(dyn Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a non-string panic payload")
 }

@@ -80,7 +80,9 @@ impl Recorder {
         let now = Instant::now();
         let elapsed = now - started;
         if let Some(metrics) = &self.queue.metrics {
-            metrics.record(&self.queue.name, outcome, elapsed);
+            guarded(&self.queue, "metrics", || {
+                metrics.record(&self.queue.name, outcome, elapsed)
+            });
         }
         if let Some(tally) = &mut self.tally {
             tally.record(outcome, elapsed);
@@ -208,7 +210,9 @@ async fn settle(
             continue;
         }
 
-        (queue.error_handler)(msg, &error);
+        guarded(queue, "error handler", || {
+            (queue.error_handler)(msg, &error)
+        });
         if let Some(dead_letter) = &queue.dead_letter {
             match dead_letter
                 .send(
@@ -270,13 +274,29 @@ async fn run_handler(queue: &QueueShared, msg: &Message) -> Result<(), HandlerEr
         .unwrap_or_else(|panic| Err(HandlerError::panicked(&*panic)))
 }
 
+/// Runs an application callback (the error handler, the metrics) with its panic caught and
+/// logged: the processor it runs on has the messages behind this one to run, and a processor
+/// that died would hold its lane, and the member, still for good.
+fn guarded(queue: &QueueShared, callback: &str, run: impl FnOnce()) {
+    if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(run)) {
+        tracing::error!(
+            consumer = %queue.name,
+            callback,
+            panic = crate::handler::panic_detail(&*panic),
+            "a callback panicked; the message is settled as if it had returned"
+        );
+    }
+}
+
 /// Records a run that did not end the message (a retry) at once: retries are rare, and what
 /// happened before a wait should be in the metrics during it.
 fn record(queue: &QueueShared, outcome: Outcome, started: Option<Instant>) {
     let Some(started) = started else { return };
     let elapsed = started.elapsed();
     if let Some(metrics) = &queue.metrics {
-        metrics.record(&queue.name, outcome, elapsed);
+        guarded(queue, "metrics", || {
+            metrics.record(&queue.name, outcome, elapsed)
+        });
     }
     if let Some(observed) = &queue.observed {
         let mut tally = Tally::default();
