@@ -79,11 +79,7 @@ impl Recorder {
         let Some(started) = started else { return };
         let now = Instant::now();
         let elapsed = now - started;
-        if let Some(metrics) = &self.queue.metrics {
-            guarded(&self.queue, "metrics", || {
-                metrics.record(&self.queue.name, outcome, elapsed)
-            });
-        }
+        app_metrics(&self.queue, outcome, elapsed);
         if let Some(tally) = &mut self.tally {
             tally.record(outcome, elapsed);
         }
@@ -274,9 +270,18 @@ async fn run_handler(queue: &QueueShared, msg: &Message) -> Result<(), HandlerEr
         .unwrap_or_else(|panic| Err(HandlerError::panicked(&*panic)))
 }
 
+/// Reports a run to the application's `Metrics`, if it set any.
+fn app_metrics(queue: &QueueShared, outcome: Outcome, elapsed: Duration) {
+    if let Some(metrics) = &queue.metrics {
+        guarded(queue, "metrics", || {
+            metrics.record(&queue.name, outcome, elapsed)
+        });
+    }
+}
+
 /// Runs an application callback (the error handler, the metrics) with its panic caught and
-/// logged: the processor it runs on has the messages behind this one to run, and a processor
-/// that died would hold its lane, and the member, still for good.
+/// logged: the messages behind this one still have to run on this processor, and a processor
+/// that died would stall its lane, and with it the member, for good.
 fn guarded(queue: &QueueShared, callback: &str, run: impl FnOnce()) {
     if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(run)) {
         tracing::error!(
@@ -293,11 +298,7 @@ fn guarded(queue: &QueueShared, callback: &str, run: impl FnOnce()) {
 fn record(queue: &QueueShared, outcome: Outcome, started: Option<Instant>) {
     let Some(started) = started else { return };
     let elapsed = started.elapsed();
-    if let Some(metrics) = &queue.metrics {
-        guarded(queue, "metrics", || {
-            metrics.record(&queue.name, outcome, elapsed)
-        });
-    }
+    app_metrics(queue, outcome, elapsed);
     if let Some(observed) = &queue.observed {
         let mut tally = Tally::default();
         tally.record(outcome, elapsed);
