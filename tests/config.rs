@@ -285,6 +285,77 @@ fn impossible_values_name_the_key() {
 }
 
 #[test]
+fn durations_beyond_what_their_setting_takes_name_the_key() {
+    let consumer = |key_and_value: &str| {
+        load_err(
+            "mq.yaml",
+            &SEED.replace(
+                "  Offset: first\n",
+                &format!("  Offset: first\n  {key_and_value}\n"),
+            ),
+        )
+    };
+    for (yaml, expected) in [
+        (
+            "MaxWait: 10m",
+            "`KqConsumerConf.MaxWait` must be at most 5m0s, got 10m0s",
+        ),
+        (
+            "SessionTimeout: 0s",
+            "`KqConsumerConf.SessionTimeout` must be at least 1ms",
+        ),
+        (
+            "SessionTimeout: 2h",
+            "`KqConsumerConf.SessionTimeout` must be at most 1h0m0s",
+        ),
+        // Far enough out to overflow a clock reading if it were let through.
+        (
+            "ShutdownTimeout: 5000000000000h",
+            "`KqConsumerConf.ShutdownTimeout` must be at most 5m0s",
+        ),
+        (
+            "Retry: {MaxBackoff: 5000000000000h}",
+            "`KqConsumerConf.Retry.MaxBackoff` must be at most 24h0m0s",
+        ),
+        (
+            "Retry: {Backoff: 25h}",
+            "`KqConsumerConf.Retry.Backoff` must be at most 24h0m0s",
+        ),
+    ] {
+        let e = consumer(yaml);
+        assert!(e.contains("mq.yaml") && e.contains(expected), "{yaml}: {e}");
+    }
+
+    let pusher = |key_and_value: &str| {
+        load_err(
+            "mq.yaml",
+            &SEED.replace(
+                "  Topic: payment-success\n\n",
+                &format!("  Topic: payment-success\n  {key_and_value}\n\n"),
+            ),
+        )
+    };
+    let e = pusher("FlushInterval: 1h");
+    assert!(
+        e.contains("`KqPusherConf.FlushInterval` must be at most 15m0s"),
+        "{e}"
+    );
+    let e = pusher("MessageTimeout: 600h");
+    assert!(
+        e.contains("`KqPusherConf.MessageTimeout` must be at most 596h31m23.647s"),
+        "{e}"
+    );
+
+    // The limits themselves are accepted.
+    let at_limits = SEED.replace(
+        "  Offset: first\n",
+        "  Offset: first\n  MaxWait: 5m\n  SessionTimeout: 1h\n  ShutdownTimeout: 5m\n  \
+         Retry: {Backoff: 24h, MaxBackoff: 24h}\n",
+    );
+    load("mq.yaml", &at_limits).unwrap();
+}
+
+#[test]
 fn fields_are_found_by_serde_name_and_rust_name() {
     let config = load("mq.yaml", SEED).unwrap();
     assert!(config.kq_conf("KqConsumerConf").is_some());

@@ -160,6 +160,17 @@ pub struct RetryConf {
     pub max_backoff: Duration,
 }
 
+impl RetryConf {
+    /// The longest wait between two attempts that kq accepts: a message held longer than a
+    /// day is not being retried any more, it is stuck.
+    const LONGEST_BACKOFF: Duration = Duration::from_secs(24 * 60 * 60);
+
+    fn validate(&self) -> Result<(), InvalidConf> {
+        at_most("Retry.Backoff", self.backoff, Self::LONGEST_BACKOFF)?;
+        at_most("Retry.MaxBackoff", self.max_backoff, Self::LONGEST_BACKOFF)
+    }
+}
+
 impl Default for RetryConf {
     fn default() -> Self {
         RetryConf {
@@ -538,6 +549,27 @@ impl KqConf {
         at_least("QueueCapacity", self.queue_capacity, 1)?;
         at_least("MaxBytes", self.max_bytes, 1)?;
         at_least("Retry.Attempts", self.retry.attempts as usize, 1)?;
+        self.retry.validate()?;
+        // librdkafka's ranges for `fetch.wait.max.ms` and `session.timeout.ms`.
+        at_most("MaxWait", self.max_wait, Duration::from_secs(300))?;
+        if self.session_timeout < Duration::from_millis(1) {
+            return Err(InvalidConf::new(
+                "SessionTimeout",
+                "must be at least 1ms, got 0s",
+            ));
+        }
+        at_most(
+            "SessionTimeout",
+            self.session_timeout,
+            Duration::from_secs(3600),
+        )?;
+        // A rebalance holds the member for up to this long, and the group drops a member that
+        // has not rejoined within librdkafka's `max.poll.interval.ms` (5 minutes).
+        at_most(
+            "ShutdownTimeout",
+            self.shutdown_timeout,
+            Duration::from_secs(300),
+        )?;
         if let Some(telemetry) = &self.telemetry {
             telemetry.validate()?;
         }
@@ -750,6 +782,17 @@ impl PusherConf {
         require("Topic", &self.topic)?;
         self.connection().validate()?;
         at_least("ChunkSize", self.chunk_size, 1)?;
+        // librdkafka's ranges for `linger.ms` and `message.timeout.ms`.
+        at_most(
+            "FlushInterval",
+            self.flush_interval,
+            Duration::from_secs(900),
+        )?;
+        at_most(
+            "MessageTimeout",
+            self.message_timeout,
+            Duration::from_millis(i32::MAX as u64),
+        )?;
         if self.idempotence && self.acks != Acks::All {
             return Err(InvalidConf::new("Idempotence", "needs `Acks: all`"));
         }
@@ -835,6 +878,20 @@ fn at_least(key: &'static str, value: usize, min: usize) -> Result<(), InvalidCo
         return Err(InvalidConf::new(
             key,
             format!("must be at least {min}, got {value}"),
+        ));
+    }
+    Ok(())
+}
+
+fn at_most(key: &'static str, value: Duration, max: Duration) -> Result<(), InvalidConf> {
+    if value > max {
+        return Err(InvalidConf::new(
+            key,
+            format!(
+                "must be at most {}, got {}",
+                duration::format(max),
+                duration::format(value)
+            ),
         ));
     }
     Ok(())
@@ -940,6 +997,33 @@ pub mod duration {
         deserializer.deserialize_any(Visitor)
     }
 
+    /// Writes a duration as Go does (`5m0s`, `1h30m0s`, `500ms`), for messages about config.
+    pub(crate) fn format(d: Duration) -> String {
+        if d < Duration::from_secs(1) {
+            return if d.is_zero() {
+                "0s".to_owned()
+            } else {
+                format!("{d:?}")
+            };
+        }
+        let secs = d.as_secs();
+        let (hours, minutes, seconds) = (secs / 3600, secs / 60 % 60, secs % 60);
+        let mut out = String::new();
+        if hours > 0 {
+            out += &format!("{hours}h");
+        }
+        if hours > 0 || minutes > 0 {
+            out += &format!("{minutes}m");
+        }
+        out += &seconds.to_string();
+        if d.subsec_nanos() > 0 {
+            let fraction = format!("{:09}", d.subsec_nanos());
+            out += ".";
+            out += fraction.trim_end_matches('0');
+        }
+        out + "s"
+    }
+
     /// Parses a Go duration: a sequence of decimal numbers, each with a unit among
     /// `ns`, `us`, `µs`, `ms`, `s`, `m`, `h`. Negative durations are refused.
     pub fn parse(text: &str) -> Result<Duration, String> {
@@ -994,6 +1078,17 @@ pub mod duration {
             assert_eq!(parse("1.5h"), Ok(Duration::from_secs(5400)));
             assert_eq!(parse("250us"), Ok(Duration::from_micros(250)));
             assert_eq!(parse("0"), Ok(Duration::ZERO));
+        }
+
+        #[test]
+        fn formats_as_go_does() {
+            let ms = Duration::from_millis;
+            assert_eq!(format(Duration::ZERO), "0s");
+            assert_eq!(format(ms(500)), "500ms");
+            assert_eq!(format(ms(5500)), "5.5s");
+            assert_eq!(format(Duration::from_secs(300)), "5m0s");
+            assert_eq!(format(Duration::from_secs(5400)), "1h30m0s");
+            assert_eq!(format(ms(i32::MAX as u64)), "596h31m23.647s");
         }
 
         #[test]
