@@ -1,7 +1,8 @@
 //! Registered consumers against a broker, through the public API: every pushed message is
 //! handled, per-key order holds, the error policy retries and commits, a panic, an
-//! undecodable payload or a malformed header name does not kill a worker, and shutdown commits
-//! what was handled, even while the group is still forming.
+//! undecodable payload or a malformed header name does not kill a worker, a worker that dies
+//! anyway stops its member without losing anything, and shutdown commits what was handled,
+//! even while the group is still forming.
 
 mod common;
 
@@ -547,6 +548,62 @@ async fn a_panicking_error_handler_does_not_stop_its_processor() {
     );
     running.stop().await;
     assert_eq!(seen.values(), ["after"]);
+}
+
+/// A `tracing` layer that panics on the first warning a processor logs: a panic where no
+/// application code runs, as a bug in kq or in a subscriber would raise.
+struct PanicOnFirstProcessorWarning(std::sync::atomic::AtomicBool);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for PanicOnFirstProcessorWarning {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let meta = event.metadata();
+        if *meta.level() == tracing::Level::WARN
+            && meta.target().contains("processor")
+            && !self.0.swap(true, Ordering::SeqCst)
+        {
+            panic!("the subscriber fails on {:?}", meta.name());
+        }
+    }
+}
+
+// Single-threaded, so that the processors run on this thread, under this thread's subscriber.
+#[tokio::test(flavor = "current_thread")]
+async fn a_processor_that_dies_stops_its_member_and_loses_nothing() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    let topic = unique("dying-processor");
+    create_topic(&topic, 1).await;
+    let pusher = pusher(&topic).await;
+    for value in ["panics", "after"] {
+        pusher.kpush("same-key", value).await.expect("push");
+    }
+    let subscriber = tracing_subscriber::registry().with(PanicOnFirstProcessorWarning(
+        std::sync::atomic::AtomicBool::new(false),
+    ));
+    let _subscriber = tracing::subscriber::set_default(subscriber);
+
+    // "panics" fails its first attempt; logging the retry kills the processor.
+    let seen = Arc::new(Seen::default());
+    let mut conf = consumer_conf(&topic);
+    conf.shutdown_timeout = Duration::from_secs(1);
+    let group = conf.group.clone();
+    let running = Running::start("flaky", conf.clone(), &seen);
+    let error = tokio::time::timeout(WAIT, running.failure())
+        .await
+        .expect("the member went on without its processor");
+    assert!(error.to_string().contains("processors died"), "{error}");
+    assert!(seen.values().is_empty(), "{:?}", seen.values());
+
+    // Nothing was committed past the message the processor died on.
+    conf.group = group;
+    let running = Running::start("flaky", conf, &seen);
+    assert!(
+        eventually(WAIT, || seen.count() >= 2).await,
+        "{:?}",
+        seen.values()
+    );
+    running.stop().await;
+    assert_eq!(seen.values(), ["panics", "after"]);
 }
 
 #[kq::consumer(conf = "RawHeaders")]

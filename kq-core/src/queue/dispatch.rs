@@ -29,6 +29,16 @@ pub(crate) struct Lane {
     jobs: LaneJobs,
     in_flight: Arc<AtomicUsize>,
     buffers: Arc<BufferPool>,
+    /// The member's count of lanes still held by a processor.
+    processors_alive: Arc<AtomicUsize>,
+}
+
+impl Drop for Lane {
+    // A processor holds its lane until it ends, whether it returns, panics or is dropped with
+    // its runtime.
+    fn drop(&mut self) {
+        self.processors_alive.fetch_sub(1, AtomicOrdering::Release);
+    }
 }
 
 enum LaneJobs {
@@ -66,6 +76,8 @@ pub(crate) struct Dispatcher {
     fetched: Vec<i64>,
     ordering: Ordering,
     in_flight: Arc<AtomicUsize>,
+    processors: usize,
+    processors_alive: Arc<AtomicUsize>,
 }
 
 impl Dispatcher {
@@ -76,10 +88,12 @@ impl Dispatcher {
         in_flight: Arc<AtomicUsize>,
         buffers: Arc<BufferPool>,
     ) -> (Self, Vec<Lane>) {
+        let processors_alive = Arc::new(AtomicUsize::new(processors));
         let lane = |jobs| Lane {
             jobs,
             in_flight: in_flight.clone(),
             buffers: buffers.clone(),
+            processors_alive: processors_alive.clone(),
         };
         let (lanes, receivers) = if ordering == Ordering::None {
             let (tx, rx) = unbounded_channel();
@@ -103,8 +117,17 @@ impl Dispatcher {
             lanes,
             ordering,
             in_flight,
+            processors,
+            processors_alive,
         };
         (dispatcher, receivers)
+    }
+
+    /// Whether a processor is gone. Processors end only when the dispatcher is dropped, so
+    /// this means one died: what it had started, and what was queued for it, will never
+    /// finish, and the member must stop rather than wait for it.
+    pub fn processor_lost(&self) -> bool {
+        self.processors_alive.load(AtomicOrdering::Acquire) < self.processors
     }
 
     /// Messages in flight (queued or running) now.
@@ -170,8 +193,8 @@ impl Dispatcher {
     }
 
     fn send(&self, lane: usize, batch: Batch) {
-        // A lane's receiver lives as long as the queue runs; a failed send drops the messages,
-        // which leaves their offsets below the watermark, to be delivered again.
+        // Only a dead processor drops its lane's receiver (see `processor_lost`). The messages
+        // are dropped unhandled; their offsets stay below the watermark, to be delivered again.
         let _ = self.lanes[lane].send(batch);
     }
 
@@ -205,6 +228,17 @@ mod tests {
         let (dispatcher, _lanes) =
             Dispatcher::new(8, ordering, Arc::new(AtomicUsize::new(0)), Arc::default());
         msgs.iter().map(|m| dispatcher.lane_of(m)).collect()
+    }
+
+    #[test]
+    fn a_lost_processor_is_seen_whatever_the_ordering() {
+        for ordering in [Ordering::Key, Ordering::Partition, Ordering::None] {
+            let (dispatcher, mut lanes) =
+                Dispatcher::new(4, ordering, Arc::new(AtomicUsize::new(0)), Arc::default());
+            assert!(!dispatcher.processor_lost(), "{ordering:?}");
+            drop(lanes.remove(2));
+            assert!(dispatcher.processor_lost(), "{ordering:?}");
+        }
     }
 
     #[test]

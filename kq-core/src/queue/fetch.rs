@@ -107,7 +107,7 @@ pub(crate) fn spawn_member(
             // A panic ends the member like an error, and the health endpoint sees it at once
             // rather than when the queue gets round to awaiting this member.
             let (result, closing) = match panic::catch_unwind(AssertUnwindSafe(|| fetch.run())) {
-                Ok(closing) => (Ok(()), Some(closing)),
+                Ok((closing, result)) => (result, Some(closing)),
                 Err(_) => {
                     let reason = "the fetch thread panicked".into();
                     (Err(Error::Stopped { consumer, reason }), None)
@@ -226,8 +226,9 @@ struct FetchLoop {
 }
 
 impl FetchLoop {
-    /// Fetches until shutdown; returns the consumer, its partitions released and committed.
-    fn run(mut self) -> BaseConsumer<MemberContext> {
+    /// Fetches until shutdown, or until a processor is lost; returns the consumer, its
+    /// partitions released and committed, and whether the member stopped on its own.
+    fn run(mut self) -> (BaseConsumer<MemberContext>, Result<(), Error>) {
         let queue = self.member.queue.clone();
         tracing::info!(
             consumer = %queue.name,
@@ -236,7 +237,18 @@ impl FetchLoop {
             group = %queue.conf.group,
             "consumer started"
         );
+        let mut result = Ok(());
         while !self.shutdown.is_triggered() {
+            if self.dispatcher.processor_lost() {
+                // What the processor had started or was given can never finish, and its
+                // partitions' commits would wait on it for good: stop, commit what is done,
+                // and let the next owner deliver the rest again.
+                result = Err(Error::Stopped {
+                    consumer: queue.name.clone(),
+                    reason: "one of its processors died".into(),
+                });
+                break;
+            }
             if let Some(health) = &self.member.health {
                 health.beat();
             }
@@ -299,7 +311,7 @@ impl FetchLoop {
             member,
             "consumer stopped"
         );
-        consumer
+        (consumer, result)
     }
 
     fn back_off(&mut self, error: KafkaError) {

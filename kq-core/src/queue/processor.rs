@@ -102,7 +102,25 @@ impl Recorder {
 }
 
 /// Runs messages from one lane, one at a time, until the lane closes.
-pub(crate) async fn run(queue: Arc<QueueShared>, mut lane: Lane, shutdown: Shutdown) {
+///
+/// Application code runs under guards of its own, so a panic that reaches this far is kq's, or
+/// comes from what kq calls on the way (a `tracing` subscriber). It is logged here; the lane
+/// drops with the processor, and its member stops when it sees that.
+pub(crate) async fn run(queue: Arc<QueueShared>, lane: Lane, shutdown: Shutdown) {
+    let name = queue.name.clone();
+    if let Err(panic) = AssertUnwindSafe(run_lane(queue, lane, shutdown))
+        .catch_unwind()
+        .await
+    {
+        tracing::error!(
+            consumer = %name,
+            panic = crate::handler::panic_detail(&*panic),
+            "a processor panicked; its member stops"
+        );
+    }
+}
+
+async fn run_lane(queue: Arc<QueueShared>, mut lane: Lane, shutdown: Shutdown) {
     // Offsets done and not yet reported to their partition: reported once per run of
     // messages, or before waiting on a handler, rather than one lock per message.
     let mut finished = Vec::new();
