@@ -1,7 +1,7 @@
 //! The delivery guarantees, each tested through the public API: gap-free commits when
 //! handlers finish out of order, holding a partition with `ForceCommit: false`, the
 //! dead-letter topic, a stop during a retry, members joining and leaving while messages flow,
-//! and riding out a broker outage.
+//! a commit the broker refuses, and riding out a broker outage.
 
 mod common;
 
@@ -372,6 +372,81 @@ async fn members_joining_and_leaving_while_messages_flow_lose_nothing() {
             newest.insert(key, seq);
         }
     }
+}
+
+#[kq::consumer(conf = "Refused")]
+async fn refused_commits(member: kq::State<Member>, key: &str, value: &str) {
+    member.log.push(member.id, key, value);
+}
+
+/// The offset `group` has committed for partition 0 of `topic`, as the broker reports it.
+fn committed_offset(brokers: &str, group: &str, topic: &str) -> Option<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut partitions = rdkafka::TopicPartitionList::new();
+    partitions.add_partition(topic, 0);
+    let committed = consumer
+        .committed_offsets(partitions, Duration::from_secs(5))
+        .ok()?;
+    match committed.find_partition(topic, 0)?.offset() {
+        rdkafka::Offset::Offset(offset) => Some(offset),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_commit_is_sent_again_though_the_watermark_has_not_moved() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    if real_broker() {
+        // Refusing commits is the in-process broker's fault injection.
+        return;
+    }
+    // A broker of the test's own, so that its refusals reach no other test's commits.
+    let cluster = MockCluster::new(1).expect("broker");
+    let brokers = cluster.bootstrap_servers();
+    let topic = unique("refused-commits");
+    cluster.create_topic(&topic, 1, 1).expect("topic");
+    let mut conf = kq::PusherConf::new([brokers.clone()], topic.as_str());
+    conf.sync_push = true;
+    let pusher = Pusher::from_conf(&conf).expect("pusher");
+    for i in 0..5 {
+        pusher.kpush("k", format!("m{i}")).await.unwrap();
+    }
+
+    // More refusals than the watermark has positions to move through: without sending a
+    // refused watermark again, the group's commit would stay behind for as long as the
+    // partition is quiet.
+    cluster.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE; 3],
+    );
+    let mut conf = consumer_conf(&topic);
+    conf.brokers = vec![brokers.clone()];
+    let group = conf.group.clone();
+    let log = Arc::new(Log::default());
+    let running = start("refused_commits", conf, 0, &log);
+    assert!(eventually(WAIT, || log.count() >= 5).await);
+    let committed = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let committed = committed_offset(&brokers, &group, &topic);
+            if committed == Some(5) || std::time::Instant::now() >= deadline {
+                return committed;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(committed, Some(5), "committed while the consumer runs");
+    running.stop().await;
 }
 
 static OUTAGE_SEEN: AtomicUsize = AtomicUsize::new(0);

@@ -336,12 +336,7 @@ impl FetchLoop {
     fn commit_if_due(&mut self) {
         if self.last_commit.elapsed() >= self.member.queue.conf.commit_interval {
             self.last_commit = Instant::now();
-            commit::commit_moved(
-                &self.consumer,
-                &self.member.topic,
-                &self.member.owned(),
-                self.member.queue.observed.as_deref(),
-            );
+            commit::commit_moved(&self.consumer, &self.member.topic, &self.member.owned());
         }
     }
 

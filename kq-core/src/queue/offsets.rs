@@ -128,6 +128,15 @@ impl PartitionState {
         }
     }
 
+    /// A commit of `offset` failed: the watermark goes to the committer again next time, even
+    /// if it has not moved, unless a later commit went out meanwhile.
+    pub fn commit_failed(&self, offset: i64) {
+        let mut p = self.progress();
+        if p.committed == offset {
+            p.committed = -1;
+        }
+    }
+
     /// Offsets fetched but not yet below the watermark.
     pub fn window_len(&self) -> usize {
         self.window_len.load(Ordering::Acquire)
@@ -238,6 +247,22 @@ mod tests {
         state.finish_all(&[1]);
         assert_eq!(state.take_commit(), Some(2));
         assert_eq!(state.take_commit(), None);
+    }
+
+    #[test]
+    fn a_failed_commit_is_sent_again_unless_a_later_one_went_out() {
+        let state = fetched(0..3);
+        assert!(state.start());
+        state.finish_all(&[0]);
+        assert_eq!(state.take_commit(), Some(1));
+        state.commit_failed(1);
+        assert_eq!(state.take_commit(), Some(1), "the same watermark, again");
+
+        assert!(state.start());
+        state.finish_all(&[1]);
+        assert_eq!(state.take_commit(), Some(2));
+        state.commit_failed(1);
+        assert_eq!(state.take_commit(), None, "2 went out after 1 failed");
     }
 
     #[test]

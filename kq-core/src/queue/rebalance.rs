@@ -10,7 +10,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::TopicPartitionList;
+use rdkafka::{Offset, TopicPartitionList};
 
 use super::buffers::BufferPool;
 use super::commit;
@@ -215,15 +215,45 @@ impl ConsumerContext for MemberContext {
         }
     }
 
+    // Answers the commits `commit::commit_moved` sends; synchronous commits answer their caller.
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        if let Err(e) = result {
-            tracing::warn!(
-                consumer = %self.member.queue.name,
-                topic = %self.member.topic,
-                partitions = ?partitions_of(offsets),
-                error = %e,
-                "commit failed; the next commit covers it"
-            );
+        let refused: Vec<(i32, i64, String)> = offsets
+            .elements()
+            .iter()
+            .filter_map(|e| {
+                let error = match (&result, e.error()) {
+                    // rdkafka files a partition's error under "offset fetch"; the code says it.
+                    (_, Err(e)) => e
+                        .rdkafka_error_code()
+                        .map_or_else(|| e.to_string(), |code| code.to_string()),
+                    (Err(e), Ok(())) => e.to_string(),
+                    (Ok(()), Ok(())) => return None,
+                };
+                match e.offset() {
+                    Offset::Offset(offset) => Some((e.partition(), offset, error)),
+                    _ => None,
+                }
+            })
+            .collect();
+        if refused.is_empty() {
+            if let (Ok(()), Some(observed)) = (&result, &self.member.queue.observed) {
+                observed.committed();
+            }
+            return;
+        }
+        tracing::warn!(
+            consumer = %self.member.queue.name,
+            topic = %self.member.topic,
+            partitions = ?refused.iter().map(|r| r.0).collect::<Vec<_>>(),
+            error = %refused[0].2,
+            "commit failed; it is sent again at the next commit"
+        );
+        // Only the partitions still owned: a released one was committed synchronously since.
+        let owned = self.member.partitions();
+        for (partition, offset, _) in refused {
+            if let Some(state) = owned.get(&partition) {
+                state.commit_failed(offset);
+            }
         }
     }
 }
