@@ -1,7 +1,7 @@
 //! The delivery guarantees, each tested through the public API: gap-free commits when
 //! handlers finish out of order, holding a partition with `ForceCommit: false`, the
 //! dead-letter topic, a stop during a retry, members joining and leaving while messages flow,
-//! a commit the broker refuses, and riding out a broker outage.
+//! a commit or a dead letter the broker refuses, and riding out a broker outage.
 
 mod common;
 
@@ -266,6 +266,60 @@ async fn exhausted_messages_go_to_the_dead_letter_topic_with_their_story() {
             delivery.partition, delivery.offset
         )
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_the_broker_refuses_is_written_again_not_skipped() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    if real_broker() {
+        // Refusing writes is the in-process broker's fault injection.
+        return;
+    }
+    // A broker of the test's own, so that its refusals reach no other test's writes.
+    let cluster = MockCluster::new(1).expect("broker");
+    let brokers = cluster.bootstrap_servers();
+    let topic = unique("dead-letter-refused");
+    let dead_letter_topic = format!("{topic}-dlq");
+    for topic in [&topic, &dead_letter_topic] {
+        cluster.create_topic(topic, 1, 1).expect("topic");
+    }
+    let mut conf = kq::PusherConf::new([brokers.clone()], topic.as_str());
+    conf.sync_push = true;
+    Pusher::from_conf(&conf)
+        .expect("pusher")
+        .kpush("order-1", "poison")
+        .await
+        .unwrap();
+
+    // The next two writes, the dead letter's first two tries, fail for good.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 2],
+    );
+    let mut conf = consumer_conf(&topic);
+    conf.brokers = vec![brokers.clone()];
+    conf.retry.attempts = 1;
+    // The default: a failure the policy gives up on is committed past, but not before its
+    // dead letter is written.
+    assert!(conf.force_commit);
+    conf.dead_letter_topic = dead_letter_topic.clone();
+    let running = start("poisoned", conf, 0, &Arc::new(Log::default()));
+
+    let mut reader_conf = consumer_conf(&dead_letter_topic);
+    reader_conf.brokers = vec![brokers];
+    let log = Arc::new(Log::default());
+    let reader = start("dead_letters", reader_conf, 1, &log);
+    assert!(
+        eventually(WAIT, || log.count() >= 1).await,
+        "the dead letter never arrived"
+    );
+    reader.stop().await;
+    running.stop().await;
+    let values = log.values();
+    assert_eq!(values.len(), 1, "{values:?}");
+    assert!(values[0].starts_with("poison|"), "{values:?}");
 }
 
 #[kq::consumer(conf = "Rebalanced")]

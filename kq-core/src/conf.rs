@@ -429,8 +429,8 @@ pub struct KqConf {
     /// SASL mechanism: `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
     #[serde(default)]
     pub mechanism: Mechanism,
-    /// After the error policy is exhausted: commit past the failed message (`true`) or hold
-    /// its partition and keep retrying it (`false`).
+    /// After the error policy is exhausted, when there is no `DeadLetterTopic`: commit past
+    /// the failed message (`true`) or hold its partition and keep retrying it (`false`).
     #[serde(default = "defaults::yes")]
     pub force_commit: bool,
     /// Handle every message of a partition in offset order (same as `Ordering: partition`).
@@ -451,7 +451,8 @@ pub struct KqConf {
     /// Retries of a failing message.
     #[serde(default)]
     pub retry: RetryConf,
-    /// Where a message goes once its retries are exhausted, if anywhere.
+    /// Where a message goes once its retries are exhausted, if anywhere. It is committed past
+    /// only once it is written there; a failed write is tried again every `Retry.MaxBackoff`.
     #[serde(default)]
     pub dead_letter_topic: String,
     /// How long shutdown and rebalances wait for running handlers.

@@ -1,6 +1,7 @@
 //! Processors: run the handler for each job under the error policy — retries with backoff,
-//! then the dead-letter topic, then commit past it (`ForceCommit: true`) or hold the
-//! partition and keep trying (`ForceCommit: false`). A panic is a failure like any other.
+//! then the dead-letter topic if there is one (its write tried until it succeeds), otherwise
+//! commit past it (`ForceCommit: true`) or hold the partition and keep trying
+//! (`ForceCommit: false`). A panic is a failure like any other.
 
 use std::future::{poll_fn, Future as _};
 use std::panic::AssertUnwindSafe;
@@ -228,33 +229,40 @@ async fn settle(
             (queue.error_handler)(msg, &error)
         });
         if let Some(dead_letter) = &queue.dead_letter {
-            match dead_letter
-                .send(
-                    msg.key(),
-                    msg.value(),
-                    Some(dead_letter_headers(msg, &error, attempt)),
-                )
-                .await
-            {
-                Ok(_) => {
-                    tracing::warn!(
+            // A message bound for the dead-letter topic finishes only once it is there: a
+            // failed write holds the partition's commits and is tried again, whatever
+            // `ForceCommit` says, since committing past it would lose the message.
+            loop {
+                let headers = dead_letter_headers(msg, &error, attempt);
+                match dead_letter
+                    .send(msg.key(), msg.value(), Some(headers))
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::warn!(
+                            consumer = %queue.name,
+                            topic = msg.topic(),
+                            partition = msg.partition(),
+                            offset = msg.offset(),
+                            dead_letter_topic = dead_letter.name(),
+                            "message dead-lettered"
+                        );
+                        return Settled::Done(Outcome::DeadLettered, started);
+                    }
+                    Err(e) => tracing::error!(
                         consumer = %queue.name,
                         topic = msg.topic(),
                         partition = msg.partition(),
                         offset = msg.offset(),
                         dead_letter_topic = dead_letter.name(),
-                        "message dead-lettered"
-                    );
-                    return Settled::Done(Outcome::DeadLettered, started);
+                        error = %e,
+                        retry_in = ?policy.max_backoff,
+                        "dead letter not written; holding the partition's commits at this message until it is"
+                    ),
                 }
-                Err(e) => tracing::error!(
-                    consumer = %queue.name,
-                    topic = msg.topic(),
-                    partition = msg.partition(),
-                    offset = msg.offset(),
-                    error = %e,
-                    "dead letter not written"
-                ),
+                if !wait_unless_stopped(policy.max_backoff, partition, shutdown).await {
+                    return Settled::Abandoned;
+                }
             }
         }
         if queue.conf.force_commit {
