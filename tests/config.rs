@@ -285,7 +285,7 @@ fn impossible_values_name_the_key() {
 }
 
 #[test]
-fn durations_beyond_what_their_setting_takes_name_the_key() {
+fn values_beyond_what_their_setting_takes_name_the_key() {
     let consumer = |key_and_value: &str| {
         load_err(
             "mq.yaml",
@@ -345,6 +345,24 @@ fn durations_beyond_what_their_setting_takes_name_the_key() {
         e.contains("`KqPusherConf.MessageTimeout` must be at most 596h31m23.647s"),
         "{e}"
     );
+
+    for (yaml, expected) in [
+        (
+            "MinBytes: 0",
+            "`KqConsumerConf.MinBytes` must be at least 1",
+        ),
+        (
+            "MinBytes: 100000001",
+            "`KqConsumerConf.MinBytes` must be at most 100000000",
+        ),
+        (
+            "MaxBytes: 3000000000",
+            "`KqConsumerConf.MaxBytes` must be at most 2147483135",
+        ),
+    ] {
+        let e = consumer(yaml);
+        assert!(e.contains(expected), "{yaml}: {e}");
+    }
 
     // The limits themselves are accepted.
     let at_limits = SEED.replace(

@@ -549,6 +549,10 @@ impl KqConf {
         at_least("Processors", self.processors, 1)?;
         at_least("QueueCapacity", self.queue_capacity, 1)?;
         at_least("MaxBytes", self.max_bytes, 1)?;
+        // librdkafka's ranges for `fetch.min.bytes` and `fetch.max.bytes`.
+        at_least("MinBytes", self.min_bytes, 1)?;
+        count_at_most("MinBytes", self.min_bytes, 100_000_000)?;
+        count_at_most("MaxBytes", self.max_bytes, 2_147_483_135)?;
         at_least("Retry.Attempts", self.retry.attempts as usize, 1)?;
         self.retry.validate()?;
         // librdkafka's ranges for `fetch.wait.max.ms` and `session.timeout.ms`.
@@ -879,6 +883,16 @@ fn at_least(key: &'static str, value: usize, min: usize) -> Result<(), InvalidCo
         return Err(InvalidConf::new(
             key,
             format!("must be at least {min}, got {value}"),
+        ));
+    }
+    Ok(())
+}
+
+fn count_at_most(key: &'static str, value: usize, max: usize) -> Result<(), InvalidConf> {
+    if value > max {
+        return Err(InvalidConf::new(
+            key,
+            format!("must be at most {max}, got {value}"),
         ));
     }
     Ok(())
