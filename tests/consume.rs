@@ -327,7 +327,10 @@ async fn an_undecodable_payload_goes_through_the_error_policy() {
     let topic = unique("decoded");
     create_topic(&topic, 1).await;
     let pusher = pusher(&topic).await;
-    pusher.kpush("k", "{not json").await.expect("push");
+    pusher
+        .push_with_headers("k", "{not json", [("trace-id", b"t-9".as_slice())])
+        .await
+        .expect("push");
     pusher
         .push_json(
             "k",
@@ -342,13 +345,15 @@ async fn an_undecodable_payload_goes_through_the_error_policy() {
     let seen = Arc::new(Seen::default());
     let failures = seen.clone();
     let running = Running::start_queue("decoded", consumer_conf(&topic), &seen, move |queue| {
+        // The handler takes no headers, but the application's error handler sees them.
         queue.with_error_handler(move |msg, error| {
             assert_eq!(error.kind(), kq::HandlerErrorKind::Decode);
+            let trace = msg.headers().get_str("trace-id").unwrap_or("none");
             failures
                 .failures
                 .lock()
                 .unwrap()
-                .push((msg.offset(), error.to_string()));
+                .push((msg.offset(), format!("{error} (trace-id {trace})")));
         })
     });
     assert!(eventually(WAIT, || seen.count() >= 1).await);
@@ -361,6 +366,7 @@ async fn an_undecodable_payload_goes_through_the_error_policy() {
         "decode errors are not retried: {failures:?}"
     );
     assert!(failures[0].1.contains("not valid JSON"), "{failures:?}");
+    assert!(failures[0].1.ends_with("(trace-id t-9)"), "{failures:?}");
 }
 
 #[kq::consumer(conf = "Resumed")]

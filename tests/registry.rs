@@ -72,3 +72,12 @@ fn registrations_are_listed_by_name() {
     assert_eq!(refunds.conf, "refunds");
     assert_eq!(refunds.module_path, "registry");
 }
+
+#[test]
+fn a_consumer_reads_headers_only_when_a_parameter_can_see_them() {
+    let reads = |name: &str| (kq::ConsumerRegistration::find(name).unwrap().reads_headers)();
+    assert!(!reads("orders"), "State, key and value");
+    assert!(!reads("shipments"), "key and value");
+    assert!(reads("orders_audit"), "&Message");
+    assert!(reads("refunds"), "State and &Message");
+}

@@ -94,11 +94,23 @@ impl std::error::Error for HandlerError {}
 pub trait Handler: Send + Sync + 'static {
     /// Handles one message. An `Err` goes to the queue's error policy.
     fn handle<'a>(&'a self, msg: &'a Message) -> BoxFuture<'a, Result<(), HandlerError>>;
+
+    /// Whether `handle` may read [`Message::headers`]. A handler that never does can return
+    /// `false`: its queue then skips reading headers from librdkafka, which costs an
+    /// allocation per message, unless something else needs them (see
+    /// [`Message::headers`]).
+    fn reads_headers(&self) -> bool {
+        true
+    }
 }
 
 impl<H: Handler + ?Sized> Handler for Arc<H> {
     fn handle<'a>(&'a self, msg: &'a Message) -> BoxFuture<'a, Result<(), HandlerError>> {
         (**self).handle(msg)
+    }
+
+    fn reads_headers(&self) -> bool {
+        (**self).reads_headers()
     }
 }
 
@@ -155,6 +167,10 @@ impl fmt::Debug for HandlerContext {
     note = "a consumer takes `key: &str, value: &str`, `&kq::Message`, `kq::State<S>` or `kq::Json<T>`"
 )]
 pub trait FromMessage<'a>: Sized {
+    /// Whether `from_message` hands on or reads the message's headers; when no parameter of a
+    /// consumer does, its queue skips reading them (see [`Handler::reads_headers`]).
+    const READS_HEADERS: bool = true;
+
     /// Takes the parameter from the message. An `Err` goes to the error policy as a decode error.
     fn from_message(msg: &'a Message, ctx: &'a HandlerContext) -> Result<Self, HandlerError>;
 
@@ -204,6 +220,8 @@ impl<S: fmt::Debug> fmt::Debug for State<S> {
 }
 
 impl<'a, S: Send + Sync + 'static> FromMessage<'a> for State<S> {
+    const READS_HEADERS: bool = false;
+
     fn from_message(_: &'a Message, ctx: &'a HandlerContext) -> Result<Self, HandlerError> {
         ctx.state::<S>().map(State).ok_or_else(|| {
             // `check` refuses this at startup; reaching it means a queue was built by hand.
@@ -245,6 +263,8 @@ fn state_mismatch<S>(ctx: &HandlerContext) -> String {
 pub struct Json<T>(pub T);
 
 impl<'a, T: serde::Deserialize<'a>> FromMessage<'a> for Json<T> {
+    const READS_HEADERS: bool = false;
+
     fn from_message(msg: &'a Message, _: &'a HandlerContext) -> Result<Self, HandlerError> {
         serde_json::from_slice(msg.value().unwrap_or_default())
             .map(Json)

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::{fmt, ptr, slice};
 
 use rdkafka::bindings as rdsys;
-use rdkafka::message::{BorrowedMessage, Message as _};
 
 /// One consumed Kafka record, with everything a handler may ask about it.
 ///
@@ -75,15 +74,43 @@ impl Message {
         self
     }
 
-    /// Copies a record out of librdkafka into `bytes`, a buffer whose contents are replaced.
-    pub(crate) fn from_kafka(
+    /// Copies a record out of librdkafka into `bytes`, a buffer whose contents are replaced;
+    /// its headers too when `with_headers`.
+    ///
+    /// # Safety
+    ///
+    /// `native` is a live message of `topic` that librdkafka delivered without an error.
+    pub(crate) unsafe fn from_native(
         topic: Arc<str>,
-        record: &BorrowedMessage<'_>,
+        native: *const rdsys::rd_kafka_message_t,
         mut bytes: Vec<u8>,
+        with_headers: bool,
     ) -> Self {
-        let headers = read_headers(record);
-        let key = record.key();
-        let value = record.payload();
+        // SAFETY: the caller's promise; key and payload are `key_len` and `len` bytes when not
+        // null, and are read before `native` goes.
+        let (record, key, value, timestamp) = unsafe {
+            let record = &*native;
+            let bytes_at = |ptr: *mut c_void, len: usize| {
+                (!ptr.is_null()).then(|| slice::from_raw_parts(ptr.cast::<u8>(), len))
+            };
+            let mut kind = rdsys::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
+            let timestamp = rdsys::rd_kafka_message_timestamp(native, &mut kind);
+            let timestamp = (kind
+                != rdsys::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE)
+                .then_some(timestamp);
+            (
+                record,
+                bytes_at(record.key, record.key_len),
+                bytes_at(record.payload, record.len),
+                timestamp,
+            )
+        };
+        let headers = if with_headers {
+            // SAFETY: as above.
+            unsafe { read_headers(native) }
+        } else {
+            Headers::default()
+        };
         let key_bytes = key.unwrap_or_default();
         let value_bytes = value.unwrap_or_default();
         bytes.clear();
@@ -92,9 +119,9 @@ impl Message {
         bytes.extend_from_slice(value_bytes);
         Message {
             topic,
-            partition: record.partition(),
-            offset: record.offset(),
-            timestamp: record.timestamp().to_millis(),
+            partition: record.partition,
+            offset: record.offset,
+            timestamp,
             bytes,
             key_len: key_bytes.len(),
             has_key: key.is_some(),
@@ -149,6 +176,12 @@ impl Message {
     }
 
     /// The record's headers, in the order the producer wrote them.
+    ///
+    /// A queue reads them only when something can see them: a handler that may read them
+    /// ([`Handler::reads_headers`](crate::Handler::reads_headers); a `#[kq::consumer]`
+    /// function that takes `&kq::Message`), the application's error handler, a dead-letter
+    /// topic (dead letters carry them on), or trace context with the `opentelemetry` feature.
+    /// Otherwise they are empty.
     pub fn headers(&self) -> &Headers {
         &self.headers
     }
@@ -159,11 +192,14 @@ impl Message {
 /// rdkafka's header accessors panic on a name that is not UTF-8, and a producer can write
 /// any bytes there: one such record would stop the consumer, and again after every restart.
 /// Names are read here instead, and an invalid one is kept with its bad bytes replaced.
-fn read_headers(record: &BorrowedMessage<'_>) -> Headers {
+///
+/// # Safety
+///
+/// `record` is a live message.
+unsafe fn read_headers(record: *const rdsys::rd_kafka_message_t) -> Headers {
     let mut native: *mut rdsys::rd_kafka_headers_t = ptr::null_mut();
-    // SAFETY: `record` is a live message; the headers librdkafka returns belong to it and
-    // are only read here, while `record` is borrowed.
-    let err = unsafe { rdsys::rd_kafka_message_headers(record.ptr(), &mut native) };
+    // SAFETY: the headers librdkafka returns belong to `record` and are only read here.
+    let err = unsafe { rdsys::rd_kafka_message_headers(record, &mut native) };
     if err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || native.is_null() {
         // No headers, or a header block librdkafka cannot parse: the record is delivered
         // without them rather than not at all.

@@ -28,6 +28,8 @@ pub struct ConsumerRegistration {
     pub handler: HandlerFn,
     /// Checks the parameters against the service state once, at startup.
     pub check: fn(&HandlerContext) -> Result<(), String>,
+    /// Whether a parameter reads the message's headers (`FromMessage::READS_HEADERS`).
+    pub reads_headers: fn() -> bool,
     /// The error policy given in the attribute, which overrides the YAML block's.
     pub policy: PolicyOverrides,
 }
@@ -107,6 +109,10 @@ impl RegisteredHandler {
 impl Handler for RegisteredHandler {
     fn handle<'a>(&'a self, msg: &'a Message) -> BoxFuture<'a, Result<(), HandlerError>> {
         (self.registration.handler)(msg, &self.ctx)
+    }
+
+    fn reads_headers(&self) -> bool {
+        (self.registration.reads_headers)()
     }
 }
 

@@ -243,6 +243,12 @@ fn generate(function: &ItemFn, args: &Args, params: &[Param]) -> TokenStream {
         }),
         _ => None,
     });
+    let reads_headers = params.iter().filter_map(|param| match param {
+        Param::Extract(ty) => Some(quote_spanned! {ty.span()=>
+            || <#ty as #private::FromMessage<'__kq>>::READS_HEADERS
+        }),
+        _ => None,
+    });
     let output_span = match &function.sig.output {
         ReturnType::Default => ident.span(),
         ReturnType::Type(_, ty) => ty.span(),
@@ -296,6 +302,11 @@ fn generate(function: &ItemFn, args: &Args, params: &[Param]) -> TokenStream {
                 ::core::result::Result::Ok(())
             }
 
+            #[allow(clippy::extra_unused_lifetimes)]
+            fn __kq_reads_headers<'__kq>() -> bool {
+                false #(#reads_headers)*
+            }
+
             #private::inventory::submit! {
                 #private::ConsumerRegistration {
                     name: #name,
@@ -305,6 +316,7 @@ fn generate(function: &ItemFn, args: &Args, params: &[Param]) -> TokenStream {
                     line: ::core::line!(),
                     handler: __kq_handler,
                     check: __kq_check,
+                    reads_headers: __kq_reads_headers,
                     policy: #private::PolicyOverrides {
                         retry_attempts: #retry_attempts,
                         dead_letter_topic: #dead_letter_topic,

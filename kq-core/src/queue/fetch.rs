@@ -1,15 +1,17 @@
-//! The fetch loop of one group member: polls librdkafka on a thread of its own, hands
-//! messages to the dispatcher, stops polling while the queue is full, commits on
-//! `CommitInterval`, and drains and commits on shutdown.
+//! The fetch loop of one group member: takes messages from librdkafka in batches on a thread
+//! of its own, hands them to the dispatcher, stops taking while the queue is full, serves the
+//! consumer's events (rebalances, commit results), commits on `CommitInterval`, and drains
+//! and commits on shutdown.
 //!
 //! One loop per member keeps a partition's messages in offset order up to the dispatcher;
 //! librdkafka already fetches from every broker on threads of its own.
 //!
-//! Backpressure is by not polling: the message in hand waits for room, and librdkafka stops
+//! Backpressure is by not taking: messages in hand wait for room, and librdkafka stops
 //! fetching once its own prefetch queue (`queued.max.messages.kbytes`) is full. Pausing
 //! partitions instead would discard what librdkafka already fetched and refetch it from the
 //! middle of a record batch on resume, which some Kafka-compatible brokers never answer.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use tokio::sync::oneshot;
 
 use super::commit;
 use super::dispatch::Dispatcher;
+use super::fetched::{FetchQueue, NativeMessage, Taken};
 use super::offsets::PartitionState;
 use super::processor;
 use super::rebalance::{Member, MemberContext};
@@ -32,10 +35,12 @@ use crate::error::Error;
 use crate::message::Message;
 use crate::service::Shutdown;
 
-/// How long one poll waits for a message.
+/// How long the loop waits for a message before it comes round anyway (health, commits).
 const POLL: Duration = Duration::from_millis(100);
 /// Messages taken from librdkafka at most before they are handed to the lanes.
 pub(super) const BURST: usize = 256;
+/// Consumer events served at most per round, so that a flood of them cannot hold up messages.
+const EVENTS_PER_ROUND: usize = 64;
 /// How long the loop sleeps between checks for room while the queue is full.
 const ROOM_CHECK: Duration = Duration::from_micros(200);
 /// librdkafka's `fetch.queue.backoff.ms` for kq consumers.
@@ -58,14 +63,16 @@ pub(crate) fn spawn_member(
     let conf = &queue.conf;
     let member = Arc::new(Member::new(queue.clone(), index));
     let created = consumer_config(conf, queue.observed.is_some()).and_then(|config| {
-        let consumer: BaseConsumer<MemberContext> = config.create_with_context(MemberContext {
-            member: member.clone(),
-        })?;
+        let consumer: BaseConsumer<MemberContext> =
+            config.create_with_context(MemberContext::new(member.clone()))?;
+        // Routed before subscribing, so that the first assignment already finds it.
+        let fetch_queue = Arc::new(FetchQueue::new(&consumer, &conf.topic)?);
+        consumer.context().route_to(&fetch_queue);
         consumer.subscribe(&[&conf.topic])?;
-        Ok(consumer)
+        Ok((consumer, fetch_queue))
     });
-    let consumer = match created {
-        Ok(consumer) => consumer,
+    let (consumer, fetch_queue) = match created {
+        Ok(created) => created,
         Err(e) => {
             // A member that never started is as dead as one whose loop ended.
             if let Some(health) = &member.health {
@@ -88,11 +95,14 @@ pub(crate) fn spawn_member(
     let (stopped_tx, stopped_rx) = oneshot::channel();
     let name = format!("kq-fetch-{}-{index}", queue.name);
     let fetch = FetchLoop {
+        read_headers: queue.reads_headers(),
+        taken: Taken::default(),
+        fetch_queue,
         member,
         consumer,
         dispatcher,
         shutdown,
-        held: None,
+        held: VecDeque::new(),
         spare_buffers: Vec::new(),
         last_partition: None,
         last_commit: Instant::now(),
@@ -204,6 +214,25 @@ fn partition_state<'a>(
     last.insert(state)
 }
 
+/// Copies a message out of librdkafka into a buffer the processors gave back.
+///
+/// # Safety
+///
+/// `native` is a live message of the member's topic, delivered without an error.
+unsafe fn copy(
+    member: &Member,
+    spare_buffers: &mut Vec<Vec<u8>>,
+    with_headers: bool,
+    native: *const rdkafka::bindings::rd_kafka_message_t,
+) -> Message {
+    if spare_buffers.is_empty() {
+        member.buffers.take_all(spare_buffers);
+    }
+    let buffer = spare_buffers.pop().unwrap_or_default();
+    // SAFETY: the caller's promise.
+    unsafe { Message::from_native(member.topic.clone(), native, buffer, with_headers) }
+}
+
 /// Room for one more message: the member's in-flight count and the partition's uncommitted
 /// window are both under `QueueCapacity`.
 fn has_room(member: &Member, dispatcher: &Dispatcher, partition: &PartitionState) -> bool {
@@ -212,12 +241,19 @@ fn has_room(member: &Member, dispatcher: &Dispatcher, partition: &PartitionState
 }
 
 struct FetchLoop {
+    // Dropped before the consumer, as librdkafka requires of its messages and queues, also
+    // when the loop unwinds.
+    taken: Taken,
+    fetch_queue: Arc<FetchQueue>,
     member: Arc<Member>,
     consumer: BaseConsumer<MemberContext>,
     dispatcher: Dispatcher,
     shutdown: Shutdown,
-    /// The message polled while there was no room; nothing more is polled until it goes.
-    held: Option<(Arc<PartitionState>, Message)>,
+    /// Whether messages carry their headers (see `QueueShared::reads_headers`).
+    read_headers: bool,
+    /// Messages taken while their partition had no room, in order; nothing more is taken
+    /// until they go.
+    held: VecDeque<(Arc<PartitionState>, Message)>,
     /// Buffers taken back from the processors, to copy the next messages into.
     spare_buffers: Vec<Vec<u8>>,
     last_partition: Option<Arc<PartitionState>>,
@@ -255,52 +291,30 @@ impl FetchLoop {
             if let Some(observed) = &queue.observed {
                 observed.set_in_flight(self.dispatcher.in_flight());
             }
-            if let Some((partition, msg)) = self.held.take() {
-                if partition.is_revoked() {
-                    // Fetched under an assignment that is gone; the next owner reads it again.
-                } else if has_room(&self.member, &self.dispatcher, &partition) {
-                    self.dispatcher.dispatch(&partition, msg);
-                    self.dispatcher.flush();
-                } else {
-                    self.held = Some((partition, msg));
-                    thread::sleep(ROOM_CHECK);
-                    self.commit_if_due();
-                    continue;
+            // Rebalances run here, on this thread, between batches.
+            self.serve_events();
+            let room = queue
+                .conf
+                .queue_capacity
+                .saturating_sub(self.dispatcher.in_flight())
+                .min(BURST);
+            if !self.dispatch_held() || room == 0 {
+                thread::sleep(ROOM_CHECK);
+                self.commit_if_due();
+                continue;
+            }
+            // What librdkafka holds already, up to the room there is; when it holds nothing,
+            // wait for the first message (or an event) and take what came with it.
+            self.fetch_queue.take(&mut self.taken, room, Duration::ZERO);
+            if self.taken.is_empty() {
+                self.fetch_queue.take(&mut self.taken, 1, POLL);
+                if self.taken.len() == 1 && room > 1 {
+                    self.accept_taken();
+                    self.fetch_queue
+                        .take(&mut self.taken, room - 1, Duration::ZERO);
                 }
             }
-            // Wait for one message, then take what librdkafka already holds without waiting,
-            // up to a burst: the lanes get one batch each instead of a wake-up per message.
-            let mut wait = POLL;
-            for _ in 0..BURST {
-                match self.consumer.poll(wait) {
-                    None => break,
-                    Some(Ok(record)) => {
-                        self.errors_in_a_row = 0;
-                        if self.spare_buffers.is_empty() {
-                            self.member.buffers.take_all(&mut self.spare_buffers);
-                        }
-                        let buffer = self.spare_buffers.pop().unwrap_or_default();
-                        let msg = Message::from_kafka(self.member.topic.clone(), &record, buffer);
-                        drop(record);
-                        let partition = partition_state(
-                            &self.member,
-                            &mut self.last_partition,
-                            msg.partition(),
-                        );
-                        if has_room(&self.member, &self.dispatcher, partition) {
-                            self.dispatcher.dispatch(partition, msg);
-                        } else {
-                            self.held = Some((partition.clone(), msg));
-                            break;
-                        }
-                    }
-                    Some(Err(e)) => {
-                        self.back_off(e);
-                        break;
-                    }
-                }
-                wait = Duration::ZERO;
-            }
+            self.accept_taken();
             self.dispatcher.flush();
             self.commit_if_due();
         }
@@ -312,6 +326,90 @@ impl FetchLoop {
             "consumer stopped"
         );
         (consumer, result)
+    }
+
+    /// Serves what waits on the consumer queue: rebalances, commit results and errors, and
+    /// the messages of a partition that could not be routed to the fetch queue.
+    fn serve_events(&mut self) {
+        for _ in 0..EVENTS_PER_ROUND {
+            if !self.fetch_queue.has_events() {
+                return;
+            }
+            match self.consumer.poll(Duration::ZERO) {
+                None => {}
+                Some(Ok(record)) => {
+                    self.errors_in_a_row = 0;
+                    // SAFETY: `record` lives until the end of this arm, and rdkafka returns
+                    // only messages without an error as `Ok`.
+                    let msg = unsafe {
+                        copy(
+                            &self.member,
+                            &mut self.spare_buffers,
+                            self.read_headers,
+                            record.ptr(),
+                        )
+                    };
+                    drop(record);
+                    self.accept(msg);
+                    self.dispatcher.flush();
+                }
+                Some(Err(e)) => self.back_off(e),
+            }
+        }
+    }
+
+    /// Hands every taken message on, or holds it when its partition has no room.
+    fn accept_taken(&mut self) {
+        while let Some(native) = self.taken.next() {
+            self.accept_native(native);
+        }
+    }
+
+    fn accept_native(&mut self, native: NativeMessage) {
+        if let Some(e) = native.error() {
+            self.back_off(e);
+            return;
+        }
+        self.errors_in_a_row = 0;
+        // SAFETY: `native` is live until it drops below, and delivered without an error.
+        let msg = unsafe {
+            copy(
+                &self.member,
+                &mut self.spare_buffers,
+                self.read_headers,
+                native.as_ptr(),
+            )
+        };
+        drop(native);
+        self.accept(msg);
+    }
+
+    /// Dispatches the message, or holds it behind those already held.
+    fn accept(&mut self, msg: Message) {
+        let partition = partition_state(&self.member, &mut self.last_partition, msg.partition());
+        if self.held.is_empty() && has_room(&self.member, &self.dispatcher, partition) {
+            self.dispatcher.dispatch(partition, msg);
+        } else {
+            self.held.push_back((partition.clone(), msg));
+        }
+    }
+
+    /// Dispatches held messages while their partitions have room; whether none is left.
+    fn dispatch_held(&mut self) -> bool {
+        while let Some((partition, _)) = self.held.front() {
+            // Fetched under an assignment that is gone: the next owner reads it again.
+            let revoked = partition.is_revoked();
+            if !revoked && !has_room(&self.member, &self.dispatcher, partition) {
+                break;
+            }
+            if let Some((partition, msg)) = self.held.pop_front() {
+                if !revoked {
+                    self.dispatcher.dispatch(&partition, msg);
+                }
+            }
+        }
+        self.dispatcher.flush();
+        self.held.is_empty()
     }
 
     fn back_off(&mut self, error: KafkaError) {
@@ -337,17 +435,33 @@ impl FetchLoop {
         if self.last_commit.elapsed() >= self.member.queue.conf.commit_interval {
             self.last_commit = Instant::now();
             commit::commit_moved(&self.consumer, &self.member.topic, &self.member.owned());
+            if let Ok(assigned) = self.consumer.assignment() {
+                let partitions: Vec<i32> =
+                    assigned.elements().iter().map(|e| e.partition()).collect();
+                self.fetch_queue.reroute_stranded(&partitions);
+            }
         }
     }
 
     /// Stops fetching, lets running handlers finish within `ShutdownTimeout` and commits.
     /// Returns the consumer, which leaves the group when it is dropped.
-    fn stop(mut self) -> BaseConsumer<MemberContext> {
-        self.held = None;
-        let owned: Vec<i32> = self.member.owned().iter().map(|p| p.partition()).collect();
+    fn stop(self) -> BaseConsumer<MemberContext> {
+        let FetchLoop {
+            taken,
+            fetch_queue,
+            member,
+            consumer,
+            held,
+            ..
+        } = self;
+        drop(held);
+        let owned: Vec<i32> = member.owned().iter().map(|p| p.partition()).collect();
         // Releasing everything also leaves nothing for the rebalance callback that closing
         // the consumer triggers.
-        self.member.release(&self.consumer, &owned);
-        self.consumer
+        member.release(&consumer, &owned);
+        // librdkafka's messages and queues go before the consumer closes.
+        drop(taken);
+        drop(fetch_queue);
+        consumer
     }
 }

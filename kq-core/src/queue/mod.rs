@@ -16,6 +16,7 @@ mod buffers;
 mod commit;
 mod dispatch;
 mod fetch;
+mod fetched;
 mod offsets;
 mod processor;
 
@@ -169,6 +170,7 @@ impl Queue {
             tokio::spawn(log_stats(observed.clone(), shutdown.clone()));
         }
         let shared = Arc::new(QueueShared {
+            custom_error_handler: self.error_handler.is_some(),
             error_handler: self.error_handler.unwrap_or_else(|| Arc::new(log_failure)),
             observed,
             name: self.name,
@@ -212,10 +214,25 @@ pub(crate) struct QueueShared {
     pub conf: KqConf,
     pub handler: Arc<dyn Handler>,
     pub error_handler: ErrorHandler,
+    /// Whether `error_handler` is the application's rather than the default log line.
+    pub custom_error_handler: bool,
     pub metrics: Option<Arc<dyn Metrics>>,
     /// kq's own metrics and stat log, when collection is on.
     pub observed: Option<Arc<ConsumerMetrics>>,
     pub dead_letter: Option<Pusher>,
+}
+
+impl QueueShared {
+    /// Whether messages are read with their headers: only when something can see them (the
+    /// handler, the application's error handler, a dead letter, a trace to continue).
+    /// librdkafka allocates and frees a buffer to parse a record's headers, even when there
+    /// are none, which costs more than the rest of taking a message from it.
+    pub fn reads_headers(&self) -> bool {
+        self.handler.reads_headers()
+            || self.custom_error_handler
+            || self.dead_letter.is_some()
+            || cfg!(feature = "opentelemetry")
+    }
 }
 
 /// go-zero's stat log: once a minute, a line per consumer with its throughput and handler

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
@@ -14,6 +14,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::buffers::BufferPool;
 use super::commit;
+use super::fetched::FetchQueue;
 use super::offsets::PartitionState;
 use super::QueueShared;
 use crate::conf::Assignor;
@@ -118,6 +119,23 @@ fn wait_for_running(states: &[Arc<PartitionState>], timeout: Duration) -> usize 
 /// The librdkafka callbacks of a member.
 pub(crate) struct MemberContext {
     pub member: Arc<Member>,
+    /// Where assigned partitions' messages go. Not owned: the fetch loop drops the queue
+    /// before the consumer closes, and a revoke served while it closes routes nothing.
+    fetch_queue: OnceLock<Weak<FetchQueue>>,
+}
+
+impl MemberContext {
+    pub fn new(member: Arc<Member>) -> Self {
+        MemberContext {
+            member,
+            fetch_queue: OnceLock::new(),
+        }
+    }
+
+    /// Routes the partitions of every assignment from now on into `queue`.
+    pub fn route_to(&self, queue: &Arc<FetchQueue>) {
+        let _ = self.fetch_queue.set(Arc::downgrade(queue));
+    }
 }
 
 impl ClientContext for MemberContext {
@@ -149,6 +167,12 @@ impl ConsumerContext for MemberContext {
             other => Rebalance::Error(KafkaError::Rebalance(other.into())),
         };
         self.pre_rebalance(consumer, &rebalance);
+        if let (Rebalance::Assign(list), Some(queue)) =
+            (&rebalance, self.fetch_queue.get().and_then(Weak::upgrade))
+        {
+            // Before librdkafka starts fetching them.
+            queue.forward(&partitions_of(list));
+        }
         if !consumer.closed() {
             let incremental = self.member.queue.conf.assignor == Assignor::CooperativeSticky;
             let applied = match (&rebalance, incremental) {
