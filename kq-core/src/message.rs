@@ -1,7 +1,8 @@
 //! The message a handler receives: an owned copy of one Kafka record.
 
+use std::collections::HashSet;
 use std::ffi::{c_char, c_void, CStr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::{fmt, ptr, slice};
 
 use rdkafka::bindings as rdsys;
@@ -12,7 +13,7 @@ use rdkafka::bindings as rdsys;
 /// timestamp, or the raw key and value bytes.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Message {
-    topic: Arc<str>,
+    topic: Topic,
     partition: i32,
     offset: i64,
     timestamp: Option<i64>,
@@ -30,7 +31,7 @@ impl Message {
     /// Builds a message by hand, for tests of handlers and for dead-letter bookkeeping.
     pub fn new(topic: impl Into<Arc<str>>, partition: i32, offset: i64) -> Self {
         Message {
-            topic: topic.into(),
+            topic: Topic::Shared(topic.into()),
             partition,
             offset,
             timestamp: None,
@@ -81,7 +82,7 @@ impl Message {
     ///
     /// `native` is a live message of `topic` that librdkafka delivered without an error.
     pub(crate) unsafe fn from_native(
-        topic: Arc<str>,
+        topic: &'static str,
         native: *const rdsys::rd_kafka_message_t,
         mut bytes: Vec<u8>,
         with_headers: bool,
@@ -118,7 +119,7 @@ impl Message {
         bytes.extend_from_slice(key_bytes);
         bytes.extend_from_slice(value_bytes);
         Message {
-            topic,
+            topic: Topic::Interned(topic),
             partition: record.partition,
             offset: record.offset,
             timestamp,
@@ -137,7 +138,7 @@ impl Message {
 
     /// The topic the message was read from.
     pub fn topic(&self) -> &str {
-        &self.topic
+        self.topic.as_str()
     }
 
     /// The partition the message was read from.
@@ -184,6 +185,50 @@ impl Message {
     /// Otherwise they are empty.
     pub fn headers(&self) -> &Headers {
         &self.headers
+    }
+}
+
+/// A message's topic name. Consumed messages share their queue's interned name: a reference
+/// count per message would be touched by the fetch thread and by a processor, one cache line
+/// passed between two cores for every message.
+#[derive(Clone)]
+enum Topic {
+    Interned(&'static str),
+    Shared(Arc<str>),
+}
+
+impl Topic {
+    fn as_str(&self) -> &str {
+        match self {
+            Topic::Interned(name) => name,
+            Topic::Shared(name) => name,
+        }
+    }
+}
+
+impl PartialEq for Topic {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Topic {}
+
+/// The process's one copy of a topic name, kept for its life: topics come from the
+/// configuration, so there are few.
+pub(crate) fn intern_topic(name: &str) -> &'static str {
+    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    match names.get(name) {
+        Some(interned) => interned,
+        None => {
+            let interned: &'static str = Box::leak(name.into());
+            names.insert(interned);
+            interned
+        }
     }
 }
 
@@ -238,7 +283,7 @@ impl fmt::Debug for Message {
     // Payloads stay out of Debug output: they may hold personal data and can be large.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Message")
-            .field("topic", &self.topic)
+            .field("topic", &self.topic.as_str())
             .field("partition", &self.partition)
             .field("offset", &self.offset)
             .field("timestamp", &self.timestamp)
@@ -286,6 +331,17 @@ impl Headers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_topic_name_is_interned_once() {
+        let first = intern_topic("orders");
+        assert!(std::ptr::eq(first, intern_topic(&String::from("orders"))));
+        let consumed = Message {
+            topic: Topic::Interned(first),
+            ..Message::new("t", 0, 0)
+        };
+        assert_eq!(consumed, Message::new("orders", 0, 0));
+    }
 
     #[test]
     fn key_and_value_are_kept_apart() {

@@ -74,6 +74,9 @@ pub(crate) struct Dispatcher {
     fetched_partition: Option<Arc<PartitionState>>,
     /// Offsets of one partition dispatched and not yet recorded as fetched, ascending.
     fetched: Vec<i64>,
+    /// Messages dispatched since the last flush, added to `in_flight` when they are sent:
+    /// once per flush rather than per message, on a counter the processors also write.
+    unsent: usize,
     ordering: Ordering,
     in_flight: Arc<AtomicUsize>,
     processors: usize,
@@ -114,6 +117,7 @@ impl Dispatcher {
             pending: (0..lanes.len()).map(|_| Vec::new()).collect(),
             fetched_partition: None,
             fetched: Vec::new(),
+            unsent: 0,
             lanes,
             ordering,
             in_flight,
@@ -130,14 +134,13 @@ impl Dispatcher {
         self.processors_alive.load(AtomicOrdering::Acquire) < self.processors
     }
 
-    /// Messages in flight (queued or running) now.
+    /// Messages in flight (queued or running) now, up to the last flush.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(AtomicOrdering::Acquire)
     }
 
     /// Adds the message to its lane's next batch.
     pub fn dispatch(&mut self, partition: &Arc<PartitionState>, msg: Message) {
-        self.in_flight.fetch_add(1, AtomicOrdering::AcqRel);
         let same_partition = self
             .fetched_partition
             .as_ref()
@@ -149,6 +152,7 @@ impl Dispatcher {
         self.fetched.push(msg.offset());
         if self.ordering == Ordering::None {
             self.record_fetched();
+            self.in_flight.fetch_add(1, AtomicOrdering::AcqRel);
             let run = Run {
                 partition: partition.clone(),
                 msgs: vec![msg],
@@ -159,8 +163,12 @@ impl Dispatcher {
         let lane = self.lane_of(&msg);
         let lane = &mut self.pending[lane];
         match lane.last_mut() {
-            Some(run) if Arc::ptr_eq(&run.partition, partition) => run.msgs.push(msg),
+            Some(run) if Arc::ptr_eq(&run.partition, partition) => {
+                self.unsent += 1;
+                run.msgs.push(msg);
+            }
             _ => {
+                self.unsent += 1;
                 // Sized for a lane's share of a burst, so that a run is not copied as it grows.
                 let mut msgs = Vec::with_capacity(BURST.div_ceil(self.lanes.len()));
                 msgs.push(msg);
@@ -175,6 +183,11 @@ impl Dispatcher {
     /// Records what was dispatched as fetched, then sends every lane its batch.
     pub fn flush(&mut self) {
         self.record_fetched();
+        // Counted before any processor can see them, so that the count never goes below zero.
+        if self.unsent > 0 {
+            self.in_flight
+                .fetch_add(std::mem::take(&mut self.unsent), AtomicOrdering::AcqRel);
+        }
         for lane in 0..self.pending.len() {
             if !self.pending[lane].is_empty() {
                 let batch = std::mem::take(&mut self.pending[lane]);
@@ -185,7 +198,7 @@ impl Dispatcher {
 
     /// Records dispatched offsets in their partition's tracker, before any processor can
     /// finish them: one lock per run of offsets from the same partition.
-    fn record_fetched(&mut self) {
+    pub fn record_fetched(&mut self) {
         if let Some(partition) = &self.fetched_partition {
             partition.fetched_all(&self.fetched);
         }

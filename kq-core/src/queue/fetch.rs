@@ -105,6 +105,7 @@ pub(crate) fn spawn_member(
         held: VecDeque::new(),
         spare_buffers: Vec::new(),
         last_partition: None,
+        room: Room::default(),
         last_commit: Instant::now(),
         errors_in_a_row: 0,
     };
@@ -214,6 +215,55 @@ fn partition_state<'a>(
     last.insert(state)
 }
 
+/// The room left in one round of the loop: in the member's queue (`QueueCapacity` less the
+/// messages in flight), and in the uncommitted window of the partition being dispatched,
+/// which `QueueCapacity` bounds too. Both are read once and counted down as messages go,
+/// rather than read for every message from counters the processors write.
+#[derive(Default)]
+struct Room {
+    member: usize,
+    /// The partition `partition_left` counts for.
+    partition: Option<Arc<PartitionState>>,
+    partition_left: usize,
+}
+
+impl Room {
+    fn new(capacity: usize, in_flight: usize) -> Self {
+        Room {
+            member: capacity.saturating_sub(in_flight),
+            ..Room::default()
+        }
+    }
+
+    /// Takes room for one more message of `partition`, if both have it.
+    fn take(
+        &mut self,
+        capacity: usize,
+        partition: &Arc<PartitionState>,
+        dispatcher: &mut Dispatcher,
+    ) -> bool {
+        if self.member == 0 {
+            return false;
+        }
+        if !self
+            .partition
+            .as_ref()
+            .is_some_and(|p| Arc::ptr_eq(p, partition))
+        {
+            // Offsets dispatched and not yet recorded would be missing from the window.
+            dispatcher.record_fetched();
+            self.partition_left = capacity.saturating_sub(partition.window_len());
+            self.partition = Some(partition.clone());
+        }
+        if self.partition_left == 0 {
+            return false;
+        }
+        self.partition_left -= 1;
+        self.member -= 1;
+        true
+    }
+}
+
 /// Copies a message out of librdkafka into a buffer the processors gave back.
 ///
 /// # Safety
@@ -230,14 +280,7 @@ unsafe fn copy(
     }
     let buffer = spare_buffers.pop().unwrap_or_default();
     // SAFETY: the caller's promise.
-    unsafe { Message::from_native(member.topic.clone(), native, buffer, with_headers) }
-}
-
-/// Room for one more message: the member's in-flight count and the partition's uncommitted
-/// window are both under `QueueCapacity`.
-fn has_room(member: &Member, dispatcher: &Dispatcher, partition: &PartitionState) -> bool {
-    let capacity = member.queue.conf.queue_capacity;
-    dispatcher.in_flight() < capacity && partition.window_len() < capacity
+    unsafe { Message::from_native(member.topic, native, buffer, with_headers) }
 }
 
 struct FetchLoop {
@@ -257,6 +300,7 @@ struct FetchLoop {
     /// Buffers taken back from the processors, to copy the next messages into.
     spare_buffers: Vec<Vec<u8>>,
     last_partition: Option<Arc<PartitionState>>,
+    room: Room,
     last_commit: Instant,
     errors_in_a_row: u32,
 }
@@ -291,13 +335,10 @@ impl FetchLoop {
             if let Some(observed) = &queue.observed {
                 observed.set_in_flight(self.dispatcher.in_flight());
             }
+            self.room = Room::new(queue.conf.queue_capacity, self.dispatcher.in_flight());
             // Rebalances run here, on this thread, between batches.
             self.serve_events();
-            let room = queue
-                .conf
-                .queue_capacity
-                .saturating_sub(self.dispatcher.in_flight())
-                .min(BURST);
+            let room = self.room.member.min(BURST);
             if !self.dispatch_held() || room == 0 {
                 thread::sleep(ROOM_CHECK);
                 self.commit_if_due();
@@ -386,8 +427,9 @@ impl FetchLoop {
 
     /// Dispatches the message, or holds it behind those already held.
     fn accept(&mut self, msg: Message) {
+        let capacity = self.member.queue.conf.queue_capacity;
         let partition = partition_state(&self.member, &mut self.last_partition, msg.partition());
-        if self.held.is_empty() && has_room(&self.member, &self.dispatcher, partition) {
+        if self.held.is_empty() && self.room.take(capacity, partition, &mut self.dispatcher) {
             self.dispatcher.dispatch(partition, msg);
         } else {
             self.held.push_back((partition.clone(), msg));
@@ -396,10 +438,11 @@ impl FetchLoop {
 
     /// Dispatches held messages while their partitions have room; whether none is left.
     fn dispatch_held(&mut self) -> bool {
+        let capacity = self.member.queue.conf.queue_capacity;
         while let Some((partition, _)) = self.held.front() {
             // Fetched under an assignment that is gone: the next owner reads it again.
             let revoked = partition.is_revoked();
-            if !revoked && !has_room(&self.member, &self.dispatcher, partition) {
+            if !revoked && !self.room.take(capacity, partition, &mut self.dispatcher) {
                 break;
             }
             if let Some((partition, msg)) = self.held.pop_front() {
@@ -434,7 +477,7 @@ impl FetchLoop {
     fn commit_if_due(&mut self) {
         if self.last_commit.elapsed() >= self.member.queue.conf.commit_interval {
             self.last_commit = Instant::now();
-            commit::commit_moved(&self.consumer, &self.member.topic, &self.member.owned());
+            commit::commit_moved(&self.consumer, self.member.topic, &self.member.owned());
             if let Ok(assigned) = self.consumer.assignment() {
                 let partitions: Vec<i32> =
                     assigned.elements().iter().map(|e| e.partition()).collect();

@@ -23,10 +23,10 @@ struct Progress {
 /// back later gets a fresh `PartitionState`, so late work from the old assignment can never
 /// move the new one's watermark.
 ///
-/// `start` and `running` take no lock: they run once per message on the processors while the
-/// fetch thread records new offsets. `revoke` and `start` order themselves through the two
-/// sequentially consistent atomics: a start either sees the revoke, or the revoke's drain
-/// sees the start's handler running.
+/// `enter`, `running` and `is_revoked` take no lock: they run on the processors while the
+/// fetch thread records new offsets. `revoke` and `enter` order themselves through the two
+/// sequentially consistent atomics: a message either sees the revoke and does not start, or
+/// the revoke's drain sees it counted as running.
 #[derive(Debug)]
 pub(crate) struct PartitionState {
     partition: i32,
@@ -72,15 +72,20 @@ impl PartitionState {
         self.window_len.store(p.window.len(), Ordering::Release);
     }
 
-    /// Counts a handler as running, unless the partition was revoked meanwhile: a revoked
-    /// partition's queued messages belong to its next owner and must not run here.
-    pub fn start(&self) -> bool {
-        self.running.fetch_add(1, Ordering::SeqCst);
-        if self.revoked.load(Ordering::SeqCst) {
-            self.running.fetch_sub(1, Ordering::SeqCst);
-            return false;
+    /// Counts a run of `messages` as running before the first of them starts: one atomic
+    /// for the run, not one per message, on a counter every processor shares. Each message
+    /// then starts only if `is_revoked` is false after this, since a revoked partition's
+    /// queued messages belong to its next owner; each leaves the count through `finish_all`,
+    /// `abandon` or `skip`.
+    pub fn enter(&self, messages: usize) {
+        self.running.fetch_add(messages, Ordering::SeqCst);
+    }
+
+    /// Leaves `messages` of a run that did not start (revoked, or the service stopping).
+    pub fn skip(&self, messages: usize) {
+        if messages > 0 {
+            self.running.fetch_sub(messages, Ordering::SeqCst);
         }
-        true
     }
 
     /// Marks started offsets as done and slides the watermark past every done offset in
@@ -107,7 +112,7 @@ impl PartitionState {
     /// Gives up a started offset without finishing it, so the watermark stays below it and it
     /// is delivered again.
     pub fn abandon(&self) {
-        self.running.fetch_sub(1, Ordering::SeqCst);
+        self.skip(1);
     }
 
     /// The offset to commit: the first one not done, or one past the last fetched.
@@ -142,7 +147,7 @@ impl PartitionState {
         self.window_len.load(Ordering::Acquire)
     }
 
-    /// Handlers running now.
+    /// Messages of runs in progress: running, or waiting behind one that runs.
     pub fn running(&self) -> usize {
         self.running.load(Ordering::SeqCst)
     }
@@ -196,12 +201,11 @@ mod tests {
     #[test]
     fn watermark_never_passes_an_unfinished_offset() {
         let state = fetched(10..15);
+        state.enter(5);
         for o in (11..15).rev() {
-            assert!(state.start());
             state.finish_all(&[o]);
             assert_eq!(state.watermark(), Some(10), "after finishing {o}");
         }
-        assert!(state.start());
         state.finish_all(&[10]);
         assert_eq!(state.watermark(), Some(15));
         assert_eq!(state.window_len(), 0);
@@ -212,9 +216,7 @@ mod tests {
     fn gaps_in_offsets_are_fine() {
         // Compacted topics and transaction markers leave holes in the offset sequence.
         let state = fetched([3, 7, 8, 20]);
-        for _ in 0..4 {
-            assert!(state.start());
-        }
+        state.enter(4);
         state.finish_all(&[7]);
         state.finish_all(&[3]);
         assert_eq!(state.watermark(), Some(8));
@@ -242,7 +244,7 @@ mod tests {
         let state = fetched(0..3);
         assert_eq!(state.take_commit(), Some(0));
         assert_eq!(state.take_commit(), None);
-        assert!(state.start() && state.start());
+        state.enter(2);
         state.finish_all(&[0]);
         state.finish_all(&[1]);
         assert_eq!(state.take_commit(), Some(2));
@@ -252,13 +254,12 @@ mod tests {
     #[test]
     fn a_failed_commit_is_sent_again_unless_a_later_one_went_out() {
         let state = fetched(0..3);
-        assert!(state.start());
+        state.enter(2);
         state.finish_all(&[0]);
         assert_eq!(state.take_commit(), Some(1));
         state.commit_failed(1);
         assert_eq!(state.take_commit(), Some(1), "the same watermark, again");
 
-        assert!(state.start());
         state.finish_all(&[1]);
         assert_eq!(state.take_commit(), Some(2));
         state.commit_failed(1);
@@ -266,13 +267,15 @@ mod tests {
     }
 
     #[test]
-    fn revoked_partitions_start_nothing_more() {
+    fn a_revoke_waits_for_the_run_in_progress_whose_rest_is_skipped() {
         let state = fetched(0..3);
-        assert!(state.start());
+        state.enter(3);
+        assert!(!state.is_revoked(), "offset 0 starts");
         state.revoke();
-        assert!(!state.start());
-        assert_eq!(state.running(), 1);
+        assert!(state.is_revoked(), "offsets 1 and 2 do not");
+        assert_eq!(state.running(), 3, "the drain waits for the whole run");
         state.finish_all(&[0]);
+        state.skip(2);
         assert_eq!(state.running(), 0);
         assert_eq!(state.watermark(), Some(1));
     }
@@ -280,8 +283,7 @@ mod tests {
     #[test]
     fn abandoned_work_holds_the_watermark() {
         let state = fetched(0..2);
-        assert!(state.start());
-        assert!(state.start());
+        state.enter(2);
         state.finish_all(&[1]);
         state.abandon();
         assert_eq!(state.running(), 0);

@@ -131,12 +131,16 @@ async fn run_lane(queue: Arc<QueueShared>, mut lane: Lane, shutdown: Shutdown) {
     while let Some(batch) = lane.next().await {
         for run in batch {
             let partition = &run.partition;
+            partition.enter(run.msgs.len());
+            let mut skipped = 0;
             for msg in run.msgs {
                 // Revoked or stopping: a message that has not started belongs to whoever
                 // consumes the partition next. A stop is checked here and not only when the
                 // fetch thread gets round to revoking: a message abandoned mid-retry by the
                 // stop must not be overtaken by the next one with its key.
-                if !shutdown.is_triggered() && partition.start() {
+                if shutdown.is_triggered() || partition.is_revoked() {
+                    skipped += 1;
+                } else {
                     let span = trace::message_span(&queue.name, &queue.conf.group, &msg);
                     let started = recorder.start();
                     let mut settling =
@@ -166,6 +170,7 @@ async fn run_lane(queue: Arc<QueueShared>, mut lane: Lane, shutdown: Shutdown) {
                 released.push(msg.into_bytes());
             }
             report(partition, &mut finished, &lane, &mut released);
+            partition.skip(skipped);
         }
         recorder.report();
     }

@@ -23,7 +23,7 @@ use crate::observe::{self, MemberHealth};
 /// A group member: one librdkafka consumer and the partitions it currently owns.
 pub(crate) struct Member {
     pub queue: Arc<QueueShared>,
-    pub topic: Arc<str>,
+    pub topic: &'static str,
     pub index: usize,
     /// Messages dispatched and not yet dropped (finished, abandoned or skipped).
     pub in_flight: Arc<AtomicUsize>,
@@ -44,7 +44,7 @@ impl Member {
             .as_ref()
             .map(|observed| observed.member(index, queue.conf.shutdown_timeout + STUCK_MARGIN));
         Member {
-            topic: Arc::from(queue.conf.topic.as_str()),
+            topic: crate::message::intern_topic(&queue.conf.topic),
             queue,
             index,
             in_flight: Arc::new(AtomicUsize::new(0)),
@@ -91,20 +91,20 @@ impl Member {
                 consumer = %self.queue.name,
                 topic = %self.topic,
                 abandoned,
-                "handlers still running after the shutdown timeout; their messages will be delivered again"
+                "messages still in progress after the shutdown timeout; they will be delivered again"
             );
         }
         commit::commit_sync(
             consumer,
-            &self.topic,
+            self.topic,
             &released,
             self.queue.observed.as_deref(),
         );
     }
 }
 
-/// Waits until no handler of these partitions runs, for at most `timeout`; returns how many
-/// still run.
+/// Waits until no message of these partitions is in progress, for at most `timeout`;
+/// returns how many still are.
 fn wait_for_running(states: &[Arc<PartitionState>], timeout: Duration) -> usize {
     let deadline = Instant::now() + timeout;
     loop {
