@@ -1,16 +1,18 @@
 //! The scenarios: each runs kq and its raw rdkafka baseline against the same topic.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::ffi::CString;
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use kq::{ConsumerRegistration, HandlerContext, KqConf, PusherConf, Queue, Shutdown};
-use rdkafka::consumer::{BaseConsumer, Consumer as _, StreamConsumer};
+use rdkafka::bindings as rdsys;
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::producer::{
     BaseRecord, FutureProducer, FutureRecord, Producer as _, ThreadedProducer,
 };
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, ClientContext};
 
 use crate::measure::{cpu_time, peak_rss_mib, quantile, Row};
 use crate::Settings;
@@ -56,8 +58,9 @@ impl Counter {
     }
 }
 
+/// go-queue's `Consume(key, value)`, doing nothing with them.
 #[kq::consumer(conf = "Noop")]
-async fn noop(counter: kq::State<Counter>, _msg: &kq::Message) {
+async fn noop(counter: kq::State<Counter>, _key: &str, _value: &str) {
     counter.hit();
 }
 
@@ -204,15 +207,15 @@ async fn run_kq(
 
 /// The consume scenario's subjects, by the names `KQ_BENCH_ONLY` takes, in the order
 /// `consume_throughput` numbers them (0 is kq).
-const CONSUME_SUBJECTS: [&str; 3] = ["kq", "stream", "base"];
+const CONSUME_SUBJECTS: [&str; 4] = ["kq", "stream", "base", "batch"];
 
 /// Which consume subjects run: all of them, or those `KQ_BENCH_ONLY` names (comma-separated),
 /// to profile one side alone.
-fn consume_subjects() -> anyhow::Result<[bool; 3]> {
+fn consume_subjects() -> anyhow::Result<[bool; 4]> {
     let Ok(only) = std::env::var("KQ_BENCH_ONLY") else {
-        return Ok([true; 3]);
+        return Ok([true; 4]);
     };
-    let mut chosen = [false; 3];
+    let mut chosen = [false; 4];
     for name in only.split(',').map(str::trim) {
         match CONSUME_SUBJECTS.iter().position(|s| *s == name) {
             Some(i) => chosen[i] = true,
@@ -228,12 +231,16 @@ fn consume_subjects() -> anyhow::Result<[bool; 3]> {
 pub async fn consume_throughput(settings: &Settings) -> anyhow::Result<Vec<Row>> {
     let chosen = consume_subjects()?;
     let n = settings.messages;
-    let topic = fill(settings, n, 10_000).await?;
+    // A topic an earlier run filled with as many messages, to profile without refilling.
+    let topic = match std::env::var("KQ_BENCH_TOPIC") {
+        Ok(topic) => topic,
+        Err(_) => fill(settings, n, 10_000).await?,
+    };
     let mut rows = Vec::new();
     for rep in 0..settings.reps {
         // Each repetition starts with the next subject, so that none is always the first
         // to read the freshly filled topic.
-        for subject in (0..3).map(|i| (i + rep) % 3) {
+        for subject in (0..4).map(|i| (i + rep) % 4) {
             if !chosen[subject] {
                 continue;
             }
@@ -267,6 +274,17 @@ pub async fn consume_throughput(settings: &Settings) -> anyhow::Result<Vec<Row>>
                         Some(cpu_time() - cpu),
                     )
                     .noted("auto commit")
+                }
+                3 => {
+                    let span = raw_batch(settings, &topic, n).await?;
+                    Row::throughput(
+                        "consume",
+                        "baseline batch consume",
+                        n,
+                        span,
+                        Some(cpu_time() - cpu),
+                    )
+                    .noted("rd_kafka_consume_batch_queue, auto commit")
                 }
                 _ => {
                     let span = raw_base(settings, &topic, n).await?;
@@ -314,6 +332,90 @@ async fn raw_base(settings: &Settings, topic: &str, n: u64) -> anyhow::Result<Du
             }
         }
         anyhow::Ok(first.map(|f| f.elapsed()).unwrap_or_default())
+    })
+    .await?
+}
+
+/// Routes each assigned partition into one queue of the application's, as kq's fetch loop
+/// does, so that the batch baseline takes messages the same way.
+struct RouteToQueue {
+    queue: AtomicPtr<rdsys::rd_kafka_queue_t>,
+    topic: CString,
+}
+
+impl ClientContext for RouteToQueue {}
+
+impl ConsumerContext for RouteToQueue {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Assign(list) = rebalance else {
+            return;
+        };
+        for element in list.elements() {
+            // SAFETY: the consumer and the routed-to queue are live while it serves a
+            // rebalance; the partition queue reference is released at once.
+            unsafe {
+                let partition = rdsys::rd_kafka_queue_get_partition(
+                    consumer.client().native_ptr(),
+                    self.topic.as_ptr(),
+                    element.partition(),
+                );
+                if !partition.is_null() {
+                    rdsys::rd_kafka_queue_forward(partition, self.queue.load(Ordering::Acquire));
+                    rdsys::rd_kafka_queue_destroy(partition);
+                }
+            }
+        }
+    }
+}
+
+/// The fastest raw loop: batches of up to 256 taken with `rd_kafka_consume_batch_queue` from
+/// a queue every partition is routed to, and dropped.
+async fn raw_batch(settings: &Settings, topic: &str, n: u64) -> anyhow::Result<Duration> {
+    const BATCH: usize = 256;
+    let config = raw_consumer_config(settings, &unique("raw"));
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer<RouteToQueue> = config.create_with_context(RouteToQueue {
+            queue: AtomicPtr::default(),
+            topic: CString::new(topic.as_str())?,
+        })?;
+        // SAFETY: the queue is released below, before the consumer.
+        let queue = unsafe { rdsys::rd_kafka_queue_new(consumer.client().native_ptr()) };
+        anyhow::ensure!(!queue.is_null(), "no queue");
+        consumer.context().queue.store(queue, Ordering::Release);
+        consumer.subscribe(&[&topic])?;
+        let mut taken = vec![std::ptr::null_mut::<rdsys::rd_kafka_message_t>(); BATCH];
+        let mut first = None;
+        let mut seen = 0;
+        while seen < n {
+            // Rebalances.
+            consumer.poll(Duration::ZERO);
+            // SAFETY: `taken` has room for the count asked for; the messages written are
+            // destroyed below, each once.
+            let count = unsafe {
+                match rdsys::rd_kafka_consume_batch_queue(queue, 0, taken.as_mut_ptr(), BATCH) {
+                    0 => rdsys::rd_kafka_consume_batch_queue(queue, 100, taken.as_mut_ptr(), 1),
+                    count => count,
+                }
+            };
+            for &message in &taken[..usize::try_from(count).unwrap_or(0)] {
+                // SAFETY: a live message, destroyed once.
+                unsafe {
+                    std::hint::black_box((*message).err);
+                    rdsys::rd_kafka_message_destroy(message);
+                }
+                first.get_or_insert_with(Instant::now);
+                seen += 1;
+            }
+        }
+        let elapsed = first.map(|f| f.elapsed()).unwrap_or_default();
+        consumer
+            .context()
+            .queue
+            .store(std::ptr::null_mut(), Ordering::Release);
+        // SAFETY: nothing uses the queue after this.
+        unsafe { rdsys::rd_kafka_queue_destroy(queue) };
+        anyhow::Ok(elapsed)
     })
     .await?
 }

@@ -4,6 +4,7 @@
 //! cargo run --release -p kq-bench -- all            # every scenario
 //! cargo run --release -p kq-bench -- consume push   # some of them
 //! KQ_BENCH_ONLY=kq cargo run --release -p kq-bench -- consume   # one side, to profile it
+//! KQ_BENCH_TOPIC=bench-... cargo run --release -p kq-bench -- consume  # a topic filled before
 //! ```
 //!
 //! The broker is tansu with in-memory storage, started by `scripts/broker.sh` (and installed
