@@ -481,7 +481,7 @@ impl FetchLoop {
             if let Ok(assigned) = self.consumer.assignment() {
                 let partitions: Vec<i32> =
                     assigned.elements().iter().map(|e| e.partition()).collect();
-                self.fetch_queue.reroute_stranded(&partitions);
+                self.fetch_queue.route_again(&partitions);
             }
         }
     }

@@ -107,38 +107,27 @@ impl FetchQueue {
         }
     }
 
-    /// Routes again the partitions among these whose messages wait in their own queue.
+    /// Routes these partitions into the fetch queue again.
     ///
     /// librdkafka clears a partition's route when it stops fetching it. In a group, the next
     /// assignment comes only after that stop, so `forward` follows it; were a stop to land
     /// after the route all the same, the partition's messages would wait where nothing takes
-    /// them. The fetch loop checks for that on every commit interval.
-    pub fn reroute_stranded(&self, partitions: &[i32]) {
+    /// them. The fetch loop calls this on every commit interval: a partition already routed
+    /// is left as it is, one whose messages wait in its own queue has them moved over in
+    /// order. (A queue's length counts its route's, so the two cannot be told apart.)
+    pub fn route_again(&self, partitions: &[i32]) {
         for &partition in partitions {
             // SAFETY: as in `forward`.
-            let stranded = unsafe {
+            unsafe {
                 let queue = rdsys::rd_kafka_queue_get_partition(
                     self.client.as_ptr(),
                     self.topic.as_ptr(),
                     partition,
                 );
-                if queue.is_null() {
-                    continue;
-                }
-                let stranded = rdsys::rd_kafka_queue_length(queue) > 0;
-                if stranded {
-                    // Moves what waits there to the fetch queue, in order.
+                if !queue.is_null() {
                     rdsys::rd_kafka_queue_forward(queue, self.messages.as_ptr());
+                    rdsys::rd_kafka_queue_destroy(queue);
                 }
-                rdsys::rd_kafka_queue_destroy(queue);
-                stranded
-            };
-            if stranded {
-                tracing::warn!(
-                    topic = ?self.topic,
-                    partition,
-                    "a partition's messages were not routed to the fetch queue; routed now"
-                );
             }
         }
     }
@@ -344,7 +333,9 @@ mod tests {
 
         queue.forward(&[0, 1]);
         consumer.assign(&from_start(2)).unwrap();
-        assert_eq!(take_all(&queue, 10), 10);
+        // Routing a routed partition again changes nothing: each message comes once.
+        queue.route_again(&[0, 1]);
+        assert_eq!(take_for(&queue, 11, Duration::from_secs(2)), 10);
         assert!(
             consumer.poll(Duration::from_millis(200)).is_none(),
             "no message takes the consumer queue"
@@ -383,7 +374,7 @@ mod tests {
         consumer.assign(&from_start(2)).unwrap();
         assert_eq!(take_for(&queue, 10, Duration::from_secs(1)), 0);
 
-        queue.reroute_stranded(&[0, 1]);
+        queue.route_again(&[0, 1]);
         assert_eq!(take_all(&queue, 10), 10);
 
         drop(queue);
