@@ -62,7 +62,9 @@ pub use kq_core::{
 /// Parameters, in any order:
 /// - `key: &str, value: &str`: go-queue's `Consume(key, value)` pair (the first `&str` is
 ///   the key, the second the value; a missing key or value reads as `""`);
-/// - `&kq::Message`: the whole record: headers, topic, partition, offset, timestamp, bytes;
+/// - `&kq::Message`: the whole record: headers, topic, partition, offset, timestamp, bytes
+///   (a consumer that takes it has its queue read each record's headers, which costs
+///   librdkafka an allocation per message; the other parameters need none);
 /// - `kq::State<S>`: the service state built by `kq::main!`;
 /// - `kq::Json<T>`: the value decoded from JSON into any `T: Deserialize`.
 ///

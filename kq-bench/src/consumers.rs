@@ -562,9 +562,10 @@ pub async fn latency(settings: &Settings) -> anyhow::Result<Vec<Row>> {
 }
 
 async fn latency_run(settings: &Settings, with_kq: bool) -> anyhow::Result<Row> {
-    const RATE: u64 = 10_000;
     const SECONDS: u64 = 10;
-    let n = RATE * SECONDS;
+    // Messages per second; a multiple of 1,000, since they go out once a millisecond.
+    let rate = (crate::env_u64("KQ_BENCH_LATENCY_RATE", 10_000) / 1000).max(1) * 1000;
+    let n = rate * SECONDS;
     let topic = new_topic(settings, "latency").await?;
     let counter = Counter::new(n + 1);
     let stop = Shutdown::new();
@@ -614,7 +615,7 @@ async fn latency_run(settings: &Settings, with_kq: bool) -> anyhow::Result<Row> 
     let value = vec![b'x'; settings.value_bytes];
     let mut ticker = tokio::time::interval(Duration::from_millis(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let per_tick = RATE / 1000;
+    let per_tick = rate / 1000;
     let started = Instant::now();
     for _ in 0..(n / per_tick) {
         ticker.tick().await;
@@ -643,7 +644,7 @@ async fn latency_run(settings: &Settings, with_kq: bool) -> anyhow::Result<Row> 
     };
     let mut row = Row::throughput(scenario, subject, latencies.len() as u64, elapsed, None);
     row.notes = format!(
-        "at {RATE}/s: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms (fetch.wait.max.ms {}, linger.ms 1)",
+        "at {rate}/s: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms (fetch.wait.max.ms {}, linger.ms 1)",
         quantile(&latencies, 0.5) / 1000.0,
         quantile(&latencies, 0.99) / 1000.0,
         quantile(&latencies, 0.999) / 1000.0,

@@ -159,7 +159,7 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn env_u64(name: &str, default: u64) -> u64 {
+pub fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
