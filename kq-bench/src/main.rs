@@ -114,9 +114,16 @@ fn main() -> anyhow::Result<()> {
     let _logs = kq::telemetry::init(&kq::LogConf::default(), None, "kq-bench")
         .map_err(anyhow::Error::msg)?;
     kq::observe::enable();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // Tokio's default, one worker per core, as `kq::main!` builds it, unless
+    // KQ_BENCH_WORKERS says otherwise.
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = std::env::var("KQ_BENCH_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        runtime.worker_threads(workers);
+    }
+    let runtime = runtime.enable_all().build()?;
     let mut rows: Vec<Row> = Vec::new();
     let result = runtime.block_on(async {
         for scenario in &chosen {
