@@ -429,7 +429,7 @@ async fn a_stop_while_the_group_forms_completes_and_loses_nothing() {
     }
     let mut conf = consumer_conf(&topic);
     // Eight members join one by one, so the group rebalances again and again at first.
-    conf.consumers = 8;
+    conf.conns = 8;
     let seen = Arc::new(Seen::default());
     // A stop before the first join, during the joins, and once partitions are assigned.
     for delay in [0, 300, 1000, 2500] {

@@ -23,6 +23,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::ClientConfig;
 use tokio::sync::oneshot;
 
+use super::buffers::BufferPool;
 use super::commit;
 use super::dispatch::Dispatcher;
 use super::fetched::{FetchQueue, NativeMessage, Taken};
@@ -94,8 +95,14 @@ pub(crate) fn spawn_member(
 
     let (stopped_tx, stopped_rx) = oneshot::channel();
     let name = format!("kq-fetch-{}-{index}", queue.name);
+    let copier = Copier {
+        topic: member.topic,
+        buffers: member.buffers.clone(),
+        spare: Vec::new(),
+        with_headers: queue.reads_headers(),
+    };
     let fetch = FetchLoop {
-        read_headers: queue.reads_headers(),
+        copier,
         taken: Taken::default(),
         fetch_queue,
         member,
@@ -103,7 +110,6 @@ pub(crate) fn spawn_member(
         dispatcher,
         shutdown,
         held: VecDeque::new(),
-        spare_buffers: Vec::new(),
         last_partition: None,
         room: Room::default(),
         last_commit: Instant::now(),
@@ -264,23 +270,28 @@ impl Room {
     }
 }
 
-/// Copies a message out of librdkafka into a buffer the processors gave back.
-///
-/// # Safety
-///
-/// `native` is a live message of the member's topic, delivered without an error.
-unsafe fn copy(
-    member: &Member,
-    spare_buffers: &mut Vec<Vec<u8>>,
+/// Copies messages out of librdkafka, into buffers the processors gave back.
+struct Copier {
+    topic: &'static str,
+    buffers: Arc<BufferPool>,
+    /// Buffers taken back from the processors, to copy the next messages into.
+    spare: Vec<Vec<u8>>,
+    /// Whether messages carry their headers (see `QueueShared::reads_headers`).
     with_headers: bool,
-    native: *const rdkafka::bindings::rd_kafka_message_t,
-) -> Message {
-    if spare_buffers.is_empty() {
-        member.buffers.take_all(spare_buffers);
+}
+
+impl Copier {
+    /// # Safety
+    ///
+    /// `native` is a live message of the member's topic, delivered without an error.
+    unsafe fn copy(&mut self, native: *const rdkafka::bindings::rd_kafka_message_t) -> Message {
+        if self.spare.is_empty() {
+            self.buffers.take_all(&mut self.spare);
+        }
+        let buffer = self.spare.pop().unwrap_or_default();
+        // SAFETY: the caller's promise.
+        unsafe { Message::from_native(self.topic, native, buffer, self.with_headers) }
     }
-    let buffer = spare_buffers.pop().unwrap_or_default();
-    // SAFETY: the caller's promise.
-    unsafe { Message::from_native(member.topic, native, buffer, with_headers) }
 }
 
 struct FetchLoop {
@@ -292,13 +303,10 @@ struct FetchLoop {
     consumer: BaseConsumer<MemberContext>,
     dispatcher: Dispatcher,
     shutdown: Shutdown,
-    /// Whether messages carry their headers (see `QueueShared::reads_headers`).
-    read_headers: bool,
+    copier: Copier,
     /// Messages taken while their partition had no room, in order; nothing more is taken
     /// until they go.
     held: VecDeque<(Arc<PartitionState>, Message)>,
-    /// Buffers taken back from the processors, to copy the next messages into.
-    spare_buffers: Vec<Vec<u8>>,
     last_partition: Option<Arc<PartitionState>>,
     room: Room,
     last_commit: Instant,
@@ -382,14 +390,7 @@ impl FetchLoop {
                     self.errors_in_a_row = 0;
                     // SAFETY: `record` lives until the end of this arm, and rdkafka returns
                     // only messages without an error as `Ok`.
-                    let msg = unsafe {
-                        copy(
-                            &self.member,
-                            &mut self.spare_buffers,
-                            self.read_headers,
-                            record.ptr(),
-                        )
-                    };
+                    let msg = unsafe { self.copier.copy(record.ptr()) };
                     drop(record);
                     self.accept(msg);
                     self.dispatcher.flush();
@@ -413,14 +414,7 @@ impl FetchLoop {
         }
         self.errors_in_a_row = 0;
         // SAFETY: `native` is live until it drops below, and delivered without an error.
-        let msg = unsafe {
-            copy(
-                &self.member,
-                &mut self.spare_buffers,
-                self.read_headers,
-                native.as_ptr(),
-            )
-        };
+        let msg = unsafe { self.copier.copy(native.as_ptr()) };
         drop(native);
         self.accept(msg);
     }
@@ -478,11 +472,8 @@ impl FetchLoop {
         if self.last_commit.elapsed() >= self.member.queue.conf.commit_interval {
             self.last_commit = Instant::now();
             commit::commit_moved(&self.consumer, self.member.topic, &self.member.owned());
-            if let Ok(assigned) = self.consumer.assignment() {
-                let partitions: Vec<i32> =
-                    assigned.elements().iter().map(|e| e.partition()).collect();
-                self.fetch_queue.route_again(&partitions);
-            }
+            // A route lost to a race with a stop is set again (see `route_again`).
+            self.fetch_queue.route_again();
         }
     }
 

@@ -7,8 +7,10 @@
 //! and is still served through rdkafka, whose rebalance handling needs it; anything arriving
 //! there wakes a wait on the fetch queue.
 
+use std::collections::BTreeSet;
 use std::ffi::{c_int, c_void, CString};
 use std::ptr::NonNull;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use rdkafka::bindings as rdsys;
@@ -28,6 +30,8 @@ pub(crate) struct FetchQueue {
     messages: NonNull<rdsys::rd_kafka_queue_t>,
     /// The consumer's own queue.
     events: NonNull<rdsys::rd_kafka_queue_t>,
+    /// The partitions routed and not revoked since: the member's assignment.
+    routed: Mutex<BTreeSet<i32>>,
 }
 
 // SAFETY: librdkafka's handles and queues may be used from any thread; the pointers are only
@@ -73,6 +77,7 @@ impl FetchQueue {
                 topic,
                 messages,
                 events,
+                routed: Mutex::default(),
             })
         }
     }
@@ -81,22 +86,9 @@ impl FetchQueue {
     /// before librdkafka starts fetching them: it clears a partition's route when it stops
     /// fetching it, and leaves a route the application set alone when it starts again.
     pub fn forward(&self, partitions: &[i32]) {
+        self.routed().extend(partitions);
         for &partition in partitions {
-            // SAFETY: the handle and the topic are live; the partition queue is a reference
-            // of our own, released at once, while the route it set stays with the partition.
-            let routed = unsafe {
-                let queue = rdsys::rd_kafka_queue_get_partition(
-                    self.client.as_ptr(),
-                    self.topic.as_ptr(),
-                    partition,
-                );
-                if !queue.is_null() {
-                    rdsys::rd_kafka_queue_forward(queue, self.messages.as_ptr());
-                    rdsys::rd_kafka_queue_destroy(queue);
-                }
-                !queue.is_null()
-            };
-            if !routed {
+            if !self.route(partition) {
                 // Its messages then arrive on the consumer queue, which the loop serves too.
                 tracing::warn!(
                     topic = ?self.topic,
@@ -107,28 +99,54 @@ impl FetchQueue {
         }
     }
 
-    /// Routes these partitions into the fetch queue again.
+    /// Forgets revoked partitions; `None`, every partition.
+    pub fn unroute(&self, partitions: Option<&[i32]>) {
+        let mut routed = self.routed();
+        match partitions {
+            Some(partitions) => partitions.iter().for_each(|p| {
+                routed.remove(p);
+            }),
+            None => routed.clear(),
+        }
+    }
+
+    /// Routes every assigned partition again.
     ///
-    /// librdkafka clears a partition's route when it stops fetching it. In a group, the next
-    /// assignment comes only after that stop, so `forward` follows it; were a stop to land
-    /// after the route all the same, the partition's messages would wait where nothing takes
-    /// them. The fetch loop calls this on every commit interval: a partition already routed
-    /// is left as it is, one whose messages wait in its own queue has them moved over in
-    /// order. (A queue's length counts its route's, so the two cannot be told apart.)
-    pub fn route_again(&self, partitions: &[i32]) {
-        for &partition in partitions {
-            // SAFETY: as in `forward`.
-            unsafe {
-                let queue = rdsys::rd_kafka_queue_get_partition(
-                    self.client.as_ptr(),
-                    self.topic.as_ptr(),
-                    partition,
-                );
-                if !queue.is_null() {
-                    rdsys::rd_kafka_queue_forward(queue, self.messages.as_ptr());
-                    rdsys::rd_kafka_queue_destroy(queue);
-                }
+    /// In a group, the next assignment comes only after librdkafka stopped fetching what was
+    /// revoked, so `forward` follows the stop that clears a route. Were a stop to land after
+    /// the route all the same, the partition's messages would wait in its own queue, where
+    /// nothing takes them; the fetch loop calls this on every commit interval so that they
+    /// cannot. Routing a routed partition again changes nothing, and one whose messages wait
+    /// in its own queue has them moved over, in order. (A partition queue's length counts its
+    /// route's, so the two cannot be told apart to route only the one.)
+    pub fn route_again(&self) {
+        let routed: Vec<i32> = self.routed().iter().copied().collect();
+        for partition in routed {
+            self.route(partition);
+        }
+    }
+
+    fn routed(&self) -> MutexGuard<'_, BTreeSet<i32>> {
+        // A set of numbers is whole at every point a panic could happen.
+        self.routed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Routes one partition; false when librdkafka has no queue for it.
+    fn route(&self, partition: i32) -> bool {
+        // SAFETY: the handle and the topic are live; the partition queue is a reference of
+        // our own, released at once, while the route it set stays with the partition.
+        unsafe {
+            let queue = rdsys::rd_kafka_queue_get_partition(
+                self.client.as_ptr(),
+                self.topic.as_ptr(),
+                partition,
+            );
+            if queue.is_null() {
+                return false;
             }
+            rdsys::rd_kafka_queue_forward(queue, self.messages.as_ptr());
+            rdsys::rd_kafka_queue_destroy(queue);
+            true
         }
     }
 
@@ -334,7 +352,7 @@ mod tests {
         queue.forward(&[0, 1]);
         consumer.assign(&from_start(2)).unwrap();
         // Routing a routed partition again changes nothing: each message comes once.
-        queue.route_again(&[0, 1]);
+        queue.route_again();
         assert_eq!(take_for(&queue, 11, Duration::from_secs(2)), 10);
         assert!(
             consumer.poll(Duration::from_millis(200)).is_none(),
@@ -357,6 +375,7 @@ mod tests {
         fill(2, 5);
         let consumer = consumer("fetched-unit-stranded");
         let queue = FetchQueue::new(&consumer, TOPIC).unwrap();
+        queue.forward(&[0, 1]);
         // Routed nowhere, as a stop landing after the route would leave them: the
         // partitions' messages wait in their own queues.
         for partition in 0..2 {
@@ -374,7 +393,7 @@ mod tests {
         consumer.assign(&from_start(2)).unwrap();
         assert_eq!(take_for(&queue, 10, Duration::from_secs(1)), 0);
 
-        queue.route_again(&[0, 1]);
+        queue.route_again();
         assert_eq!(take_all(&queue, 10), 10);
 
         drop(queue);

@@ -167,14 +167,16 @@ impl ConsumerContext for MemberContext {
             other => Rebalance::Error(KafkaError::Rebalance(other.into())),
         };
         self.pre_rebalance(consumer, &rebalance);
-        if let (Rebalance::Assign(list), Some(queue)) =
-            (&rebalance, self.fetch_queue.get().and_then(Weak::upgrade))
-        {
-            // Before librdkafka starts fetching them.
-            queue.forward(&partitions_of(list));
+        let incremental = self.member.queue.conf.assignor == Assignor::CooperativeSticky;
+        if let Some(queue) = self.fetch_queue.get().and_then(Weak::upgrade) {
+            match (&rebalance, incremental) {
+                // Before librdkafka starts fetching them.
+                (Rebalance::Assign(list), _) => queue.forward(&partitions_of(list)),
+                (_, true) => queue.unroute(Some(&partitions_of(list))),
+                (_, false) => queue.unroute(None),
+            }
         }
         if !consumer.closed() {
-            let incremental = self.member.queue.conf.assignor == Assignor::CooperativeSticky;
             let applied = match (&rebalance, incremental) {
                 (Rebalance::Assign(list), true) => consumer.incremental_assign(list),
                 (Rebalance::Assign(list), false) => consumer.assign(list),
