@@ -123,15 +123,38 @@ fn run_with(file: &Path) -> Output {
         .expect("run the service")
 }
 
-/// Writes `etc/mq.yaml` with one change into a scratch directory.
-fn seed_with(name: &str, from: &str, to: &str) -> PathBuf {
+/// A directory of a test's own under the temp dir, removed with its files when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("kq-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    /// Writes `text` to the file `name` in the directory.
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes `etc/mq.yaml` with one change into a scratch directory, which goes when the first
+/// half of the pair drops.
+fn seed_with(name: &str, from: &str, to: &str) -> (Scratch, PathBuf) {
     let seed = std::fs::read_to_string(package_dir().join("etc/mq.yaml")).unwrap();
     assert!(seed.contains(from), "{from:?} is not in the seed");
-    let dir = std::env::temp_dir().join(format!("kq-cli-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("mq.yaml");
-    std::fs::write(&path, seed.replace(from, to)).unwrap();
-    path
+    let scratch = Scratch::new(&format!("cli-{name}"));
+    let path = scratch.file("mq.yaml", &seed.replace(from, to));
+    (scratch, path)
 }
 
 /// Exit code 2 and one line on stderr that names the file and every given fragment.
@@ -161,26 +184,26 @@ fn a_missing_file_exits_with_2() {
 
 #[test]
 fn malformed_yaml_exits_with_2() {
-    let file = seed_with("malformed", "Offset: first", "Offset: [first");
+    let (_scratch, file) = seed_with("malformed", "Offset: first", "Offset: [first");
     assert_config_error(&run_with(&file), &file, &["cannot parse"]);
 }
 
 #[test]
 fn a_wrong_type_exits_with_2_naming_the_key() {
-    let file = seed_with("wrong-type", "Processors: 8", "Processors: eight");
+    let (_scratch, file) = seed_with("wrong-type", "Processors: 8", "Processors: eight");
     assert_config_error(&run_with(&file), &file, &["KqConsumerConf.Processors"]);
 }
 
 #[test]
 fn a_wrong_value_exits_with_2_naming_the_key() {
-    let file = seed_with("wrong-value", "Offset: first", "Offset: earliest");
+    let (_scratch, file) = seed_with("wrong-value", "Offset: first", "Offset: earliest");
     assert_config_error(
         &run_with(&file),
         &file,
         &["KqConsumerConf.Offset", "`first`, `last`"],
     );
 
-    let file = seed_with("zero", "Processors: 8", "Processors: 0");
+    let (_scratch, file) = seed_with("zero", "Processors: 8", "Processors: 0");
     assert_config_error(
         &run_with(&file),
         &file,
@@ -190,7 +213,7 @@ fn a_wrong_value_exits_with_2_naming_the_key() {
 
 #[test]
 fn a_missing_block_exits_with_2_naming_it() {
-    let file = seed_with("no-consumer", "KqConsumerConf:", "OtherConf:");
+    let (_scratch, file) = seed_with("no-consumer", "KqConsumerConf:", "OtherConf:");
     assert_config_error(&run_with(&file), &file, &["KqConsumerConf"]);
 }
 
@@ -226,8 +249,7 @@ fn two_processes_split_the_partitions_and_lose_nothing() {
         .unwrap()
         .block_on(kq::create_topic(std::slice::from_ref(&brokers), &topic, 8))
         .expect("create topic");
-    let dir = std::env::temp_dir().join(format!("kq-two-processes-{id}"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = Scratch::new(&format!("two-processes-{id}"));
     let yaml = |payments: usize| {
         format!(
             // Plain log lines: the test reads keys and values from them.
@@ -236,10 +258,8 @@ fn two_processes_split_the_partitions_and_lose_nothing() {
              KqConsumerConf:\n  Name: kqConsumer\n  Brokers: [{brokers}]\n  Group: group-{id}\n  Topic: {topic}\n  Offset: first\n  CommitInterval: 200ms\n  MaxWait: 10ms\n  MinBytes: 1\n  SessionTimeout: 6s\n"
         )
     };
-    let pushing = dir.join("pushing.yaml");
-    let joining = dir.join("joining.yaml");
-    std::fs::write(&pushing, yaml(PAYMENTS)).unwrap();
-    std::fs::write(&joining, yaml(0)).unwrap();
+    let pushing = scratch.file("pushing.yaml", &yaml(PAYMENTS));
+    let joining = scratch.file("joining.yaml", &yaml(0));
 
     let (lines_tx, lines) = mpsc::channel::<(usize, String)>();
     let start = |which: usize, file: &Path| spawn_service(Some(file), which, lines_tx.clone()).0;
@@ -288,7 +308,6 @@ fn two_processes_split_the_partitions_and_lose_nothing() {
             );
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
 
     let total: usize = handled.iter().map(Vec::len).sum();
     let duplicates = total - distinct(&handled);
@@ -338,19 +357,16 @@ fn killed_consumers_lose_nothing_and_keep_key_order() {
     runtime
         .block_on(kq::create_topic(std::slice::from_ref(&brokers), &topic, 4))
         .expect("create topic");
-    let dir = std::env::temp_dir().join(format!("kq-crash-{id}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("mq.yaml");
-    std::fs::write(
-        &file,
-        format!(
+    let scratch = Scratch::new(&format!("crash-{id}"));
+    let file = scratch.file(
+        "mq.yaml",
+        &format!(
             // Plain log lines: the test reads keys and values from them.
             "Name: mq\nHost: 0.0.0.0\nPort: 8888\nLog: {{Encoding: plain}}\n\
              KqPusherConf:\n  Brokers: [{brokers}]\n  Topic: {topic}\n\
              KqConsumerConf:\n  Name: kqConsumer\n  Brokers: [{brokers}]\n  Group: group-{id}\n  Topic: {topic}\n  Offset: first\n  CommitInterval: 100ms\n  MaxWait: 10ms\n  MinBytes: 1\n  SessionTimeout: 6s\n"
         ),
-    )
-    .unwrap();
+    );
 
     // Messages flow while consumers die: one push every few milliseconds, each its own batch.
     let pushing = {
@@ -432,7 +448,6 @@ fn killed_consumers_lose_nothing_and_keep_key_order() {
     reader.join().unwrap();
     last_run.extend(rx.try_iter().filter_map(|((), l)| parse(&l)));
     runs.push(last_run);
-    let _ = std::fs::remove_dir_all(&dir);
 
     let total: usize = runs.iter().map(Vec::len).sum();
     let handled = distinct(&runs);
@@ -487,7 +502,7 @@ fn check_validates_and_lists_the_consumers_without_running() {
     );
 
     // A bad file fails the check as it fails a start.
-    let file = seed_with("check", "Processors: 8", "Processors: 0");
+    let (_scratch, file) = seed_with("check", "Processors: 8", "Processors: 0");
     let output = Command::new(SERVICE)
         .arg("--check")
         .arg("-f")
@@ -565,7 +580,7 @@ fn payments(printed: &[String]) -> usize {
 fn a_queue_log_block_sets_the_encoding() {
     // go-queue's KqConf embeds go-zero's ServiceConf: its `Log` block counts when the top
     // level has none.
-    let file = seed_with(
+    let (_scratch, file) = seed_with(
         "json-log",
         "  Processors: 8\n",
         "  Processors: 8\n  Log:\n    Encoding: json\n",
@@ -590,7 +605,7 @@ fn a_queue_log_block_sets_the_encoding() {
 
 #[test]
 fn at_debug_level_a_handlers_lines_carry_its_message() {
-    let file = seed_with(
+    let (_scratch, file) = seed_with(
         "debug-log",
         "Port: 8888\n",
         "Port: 8888\nLog:\n  Level: debug\n  Encoding: json\n",
@@ -609,7 +624,7 @@ fn at_debug_level_a_handlers_lines_carry_its_message() {
 
 #[test]
 fn the_top_level_log_block_wins() {
-    let file = seed_with(
+    let (_scratch, file) = seed_with(
         "plain-log",
         "  Processors: 8\n",
         "  Processors: 8\n  Log:\n    Encoding: json\n",
@@ -628,7 +643,7 @@ fn the_top_level_log_block_wins() {
 
 #[test]
 fn the_log_level_holds_back_lower_levels() {
-    let file = seed_with(
+    let (_scratch, file) = seed_with(
         "error-log",
         "Port: 8888\n",
         "Port: 8888\nLog:\n  Level: error\n",
