@@ -605,7 +605,13 @@ async fn latency_run(settings: &Settings, with_kq: bool) -> anyhow::Result<Row> 
     };
 
     let mut pusher_conf = PusherConf::new([settings.brokers.clone()], &topic);
-    pusher_conf.flush_interval = Duration::from_millis(1);
+    // The producer's linger (`FlushInterval`). At 1 ms, 10,000 messages a second over eight
+    // partitions make record batches of one or two messages. On two cores tansu then took the
+    // last message seconds after it was pushed, and the embedded broker, which answers a
+    // fetch with at most one record batch per partition, held both consumers below the rate.
+    // At 5 ms the path keeps up on both brokers, and the consumers' latency shows.
+    let linger_ms = crate::env_u64("KQ_BENCH_LATENCY_LINGER_MS", 5);
+    pusher_conf.flush_interval = Duration::from_millis(linger_ms);
     let pusher = kq::Pusher::from_conf(&pusher_conf)?;
     // One message first, to be sure the consumer has joined before the clock starts.
     pusher.kpush("warmup", "warmup").await?;
@@ -644,7 +650,7 @@ async fn latency_run(settings: &Settings, with_kq: bool) -> anyhow::Result<Row> 
     };
     let mut row = Row::throughput(scenario, subject, latencies.len() as u64, elapsed, None);
     row.notes = format!(
-        "at {rate}/s: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms (fetch.wait.max.ms {}, linger.ms 1)",
+        "at {rate}/s: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms (fetch.wait.max.ms {}, linger.ms {linger_ms})",
         quantile(&latencies, 0.5) / 1000.0,
         quantile(&latencies, 0.99) / 1000.0,
         quantile(&latencies, 0.999) / 1000.0,
