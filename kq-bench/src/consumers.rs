@@ -177,6 +177,26 @@ async fn fill(settings: &Settings, messages: u64, keys: u64) -> anyhow::Result<S
     Ok(topic)
 }
 
+/// Checks that the broker still has a topic an earlier run filled: a consumer of a topic the
+/// broker does not have waits for it to appear, which would look like a stalled run. Its size
+/// is not checked: on tansu the partitions' watermarks add up to fewer messages than were
+/// written to them.
+fn check_topic(settings: &Settings, topic: &str) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = client(settings).create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let known = metadata
+        .topics()
+        .iter()
+        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+    anyhow::ensure!(
+        known,
+        "KQ_BENCH_TOPIC: the broker at {} has no topic `{topic}`; a filled topic lasts only as \
+         long as its broker (KQ_BENCH_KEEP_BROKER=1 keeps it)",
+        settings.brokers
+    );
+    Ok(())
+}
+
 /// Runs a registered kq consumer until `counter` is done or `limit` passes.
 async fn run_kq(
     consumer: &str,
@@ -233,7 +253,11 @@ pub async fn consume_throughput(settings: &Settings) -> anyhow::Result<Vec<Row>>
     let n = settings.messages;
     // A topic an earlier run filled with as many messages, to profile without refilling.
     let topic = match std::env::var("KQ_BENCH_TOPIC") {
-        Ok(topic) => topic,
+        Ok(topic) => {
+            let (on, named) = (settings.clone(), topic.clone());
+            tokio::task::spawn_blocking(move || check_topic(&on, &named)).await??;
+            topic
+        }
         Err(_) => fill(settings, n, 10_000).await?,
     };
     let mut rows = Vec::new();
