@@ -229,6 +229,8 @@ fn partition_state<'a>(
 /// rather than read for every message from counters the processors write.
 #[derive(Default)]
 struct Room {
+    /// `QueueCapacity`.
+    capacity: usize,
     member: usize,
     /// The partition `partition_left` counts for.
     partition: Option<Arc<PartitionState>>,
@@ -238,18 +240,14 @@ struct Room {
 impl Room {
     fn new(capacity: usize, in_flight: usize) -> Self {
         Room {
+            capacity,
             member: capacity.saturating_sub(in_flight),
             ..Room::default()
         }
     }
 
     /// Takes room for one more message of `partition`, if both have it.
-    fn take(
-        &mut self,
-        capacity: usize,
-        partition: &Arc<PartitionState>,
-        dispatcher: &mut Dispatcher,
-    ) -> bool {
+    fn take(&mut self, partition: &Arc<PartitionState>, dispatcher: &mut Dispatcher) -> bool {
         if self.member == 0 {
             return false;
         }
@@ -260,7 +258,7 @@ impl Room {
         {
             // Offsets dispatched and not yet recorded would be missing from the window.
             dispatcher.record_fetched();
-            self.partition_left = capacity.saturating_sub(partition.window_len());
+            self.partition_left = self.capacity.saturating_sub(partition.window_len());
             self.partition = Some(partition.clone());
         }
         if self.partition_left == 0 {
@@ -423,9 +421,8 @@ impl FetchLoop {
 
     /// Dispatches the message, or holds it behind those already held.
     fn accept(&mut self, msg: Message) {
-        let capacity = self.member.queue.conf.queue_capacity;
         let partition = partition_state(&self.member, &mut self.last_partition, msg.partition());
-        if self.held.is_empty() && self.room.take(capacity, partition, &mut self.dispatcher) {
+        if self.held.is_empty() && self.room.take(partition, &mut self.dispatcher) {
             self.dispatcher.dispatch(partition, msg);
         } else {
             self.held.push_back((partition.clone(), msg));
@@ -434,11 +431,10 @@ impl FetchLoop {
 
     /// Dispatches held messages while their partitions have room; whether none is left.
     fn dispatch_held(&mut self) -> bool {
-        let capacity = self.member.queue.conf.queue_capacity;
         while let Some((partition, _)) = self.held.front() {
             // Fetched under an assignment that is gone: the next owner reads it again.
             let revoked = partition.is_revoked();
-            if !revoked && !self.room.take(capacity, partition, &mut self.dispatcher) {
+            if !revoked && !self.room.take(partition, &mut self.dispatcher) {
                 break;
             }
             if let Some((partition, msg)) = self.held.pop_front() {
