@@ -231,11 +231,11 @@ const CONSUME_SUBJECTS: [&str; 4] = ["kq", "stream", "base", "batch"];
 
 /// Which consume subjects run: all of them, or those `KQ_BENCH_ONLY` names (comma-separated),
 /// to profile one side alone.
-fn consume_subjects() -> anyhow::Result<[bool; 4]> {
+fn consume_subjects() -> anyhow::Result<[bool; CONSUME_SUBJECTS.len()]> {
     let Ok(only) = std::env::var("KQ_BENCH_ONLY") else {
-        return Ok([true; 4]);
+        return Ok([true; CONSUME_SUBJECTS.len()]);
     };
-    let mut chosen = [false; 4];
+    let mut chosen = [false; CONSUME_SUBJECTS.len()];
     for name in only.split(',').map(str::trim) {
         match CONSUME_SUBJECTS.iter().position(|s| *s == name) {
             Some(i) => chosen[i] = true,
@@ -264,12 +264,13 @@ pub async fn consume_throughput(settings: &Settings) -> anyhow::Result<Vec<Row>>
     for rep in 0..settings.reps {
         // Each repetition starts with the next subject, so that none is always the first
         // to read the freshly filled topic.
-        for subject in (0..4).map(|i| (i + rep) % 4) {
+        let subjects = CONSUME_SUBJECTS.len();
+        for subject in (0..subjects).map(|i| (i + rep) % subjects) {
             if !chosen[subject] {
                 continue;
             }
             let cpu = cpu_time();
-            let row = match subject {
+            let (name, span, notes) = match subject {
                 0 => {
                     let counter = Counter::new(n);
                     run_kq(
@@ -279,49 +280,26 @@ pub async fn consume_throughput(settings: &Settings) -> anyhow::Result<Vec<Row>>
                         Duration::from_secs(300),
                     )
                     .await?;
-                    Row::throughput(
-                        "consume",
-                        "kq (Processors 8)",
-                        n,
-                        counter.span(),
-                        Some(cpu_time() - cpu),
-                    )
-                    .noted("commits every 1s")
+                    ("kq (Processors 8)", counter.span(), "commits every 1s")
                 }
-                1 => {
-                    let span = raw_stream(settings, &topic, n).await?;
-                    Row::throughput(
-                        "consume",
-                        "baseline StreamConsumer",
-                        n,
-                        span,
-                        Some(cpu_time() - cpu),
-                    )
-                    .noted("auto commit")
-                }
-                3 => {
-                    let span = raw_batch(settings, &topic, n).await?;
-                    Row::throughput(
-                        "consume",
-                        "baseline batch consume",
-                        n,
-                        span,
-                        Some(cpu_time() - cpu),
-                    )
-                    .noted("rd_kafka_consume_batch_queue, auto commit")
-                }
-                _ => {
-                    let span = raw_base(settings, &topic, n).await?;
-                    Row::throughput(
-                        "consume",
-                        "baseline BaseConsumer",
-                        n,
-                        span,
-                        Some(cpu_time() - cpu),
-                    )
-                    .noted("auto commit")
-                }
+                1 => (
+                    "baseline StreamConsumer",
+                    raw_stream(settings, &topic, n).await?,
+                    "auto commit",
+                ),
+                3 => (
+                    "baseline batch consume",
+                    raw_batch(settings, &topic, n).await?,
+                    "rd_kafka_consume_batch_queue, auto commit",
+                ),
+                _ => (
+                    "baseline BaseConsumer",
+                    raw_base(settings, &topic, n).await?,
+                    "auto commit",
+                ),
             };
+            let row =
+                Row::throughput("consume", name, n, span, Some(cpu_time() - cpu)).noted(notes);
             rows.push(row);
         }
     }
