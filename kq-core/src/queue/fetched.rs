@@ -421,5 +421,14 @@ mod tests {
         assert!(queue.has_events());
         assert!(waited < Duration::from_secs(30), "woken after {waited:?}");
         drop(queue);
+
+        // The assignment is served before the consumer closes. Left waiting, rdkafka's drop
+        // would apply it while the group terminates, and librdkafka drops such a call
+        // unanswered: the drop would then wait forever (see `MemberContext::rebalance`).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while consumer.assignment().unwrap().count() == 0 && Instant::now() < deadline {
+            consumer.poll(Duration::from_millis(100));
+        }
+        assert_eq!(consumer.assignment().unwrap().count(), 2);
     }
 }
