@@ -439,7 +439,9 @@ pub struct KqConf {
     /// How often finished offsets are committed.
     #[serde(default = "defaults::commit_interval", with = "duration")]
     pub commit_interval: Duration,
-    /// Messages fetched but not finished, at most, per group member.
+    /// Messages fetched but not finished, at most, per group member. A partition's uncommitted
+    /// window, from its first unfinished offset to its last fetched one, is bounded by four
+    /// times it.
     #[serde(default = "defaults::queue_capacity")]
     pub queue_capacity: usize,
     /// The longest a fetch waits for `MinBytes` (`fetch.wait.max.ms`).

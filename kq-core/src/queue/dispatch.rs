@@ -1,11 +1,26 @@
 //! Routing fetched messages to processor lanes: by key for per-key order, by partition for
 //! strict partition order, or to any free processor when order does not matter.
+//!
+//! The fetch thread queues a hand-off's runs on every lane before it wakes anything, and then
+//! wakes one task, the announcer, which wakes the processors with work from inside the
+//! runtime. Waking each processor from the fetch thread instead made the first one woken
+//! preempt it, run its share and park again before the next lane was even queued: several
+//! thread switches per hand-off where one does.
+//!
+//! Memory crosses the threads in one direction only: the message vectors of runs, like the
+//! message buffers, go back to the fetch thread to be filled again rather than being freed
+//! on a processor. With glibc's allocator, freeing on one thread what another allocated takes
+//! the allocating thread's arena lock, on which the fetch thread then waits.
 
-use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::{self, Thread};
+use std::time::Duration;
 
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
-use tokio::sync::Mutex;
+use tokio::sync::Notify;
 
 use super::buffers::BufferPool;
 use super::fetch::BURST;
@@ -21,12 +36,87 @@ pub(crate) struct Run {
     pub msgs: Vec<Message>,
 }
 
-/// Runs sent to a lane together, in order.
-pub(crate) type Batch = Vec<Run>;
+/// Emptied message vectors kept for reuse at most, per member.
+const MAX_SPARE_RUNS: usize = 256;
+
+/// The queues of one member's lanes, shared by its dispatcher, its processors and the
+/// announcer.
+struct Lanes {
+    queues: Vec<LaneQueue>,
+    /// Set when the dispatcher is gone: processors end once their queue is empty.
+    closed: AtomicBool,
+    /// Wakes the announcer after a hand-off.
+    handed_off: Notify,
+    /// Message vectors the processors emptied, for the dispatcher to fill again.
+    spare_runs: Mutex<Vec<Vec<Message>>>,
+    room: RoomWait,
+}
+
+/// The fetch thread waiting for room in the queue, and the processors waking it once they
+/// have made enough: half of `QueueCapacity`, so that it comes back to a burst's worth rather
+/// than to a few messages at a time.
+struct RoomWait {
+    /// Set while the fetch thread waits; the processor that wakes it clears it.
+    waiting: AtomicBool,
+    fetch_thread: OnceLock<Thread>,
+    /// Messages in flight at most for the wait to end.
+    low_water: usize,
+}
+
+/// One lane's runs, in order.
+#[derive(Default)]
+struct LaneQueue {
+    runs: Mutex<VecDeque<Run>>,
+    /// Wakes a processor waiting for work.
+    ready: Notify,
+    /// Runs were queued since the announcer last woke the lane.
+    unannounced: AtomicBool,
+}
+
+/// A lock on data that is whole at every point a panic could happen.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Lanes {
+    fn close(&self) {
+        self.closed.store(true, AtomicOrdering::Release);
+        for queue in &self.queues {
+            queue.ready.notify_waiters();
+        }
+        self.handed_off.notify_one();
+    }
+}
+
+/// Wakes the processors of lanes that were handed runs, until the lanes close. It runs as a
+/// task of the runtime, so that the wakes are the runtime's own and cost no thread switch.
+pub(crate) fn announcer(dispatcher: &Dispatcher) -> impl Future<Output = ()> + Send + 'static {
+    let lanes = dispatcher.lanes.clone();
+    async move {
+        loop {
+            let mut handed_off = pin!(lanes.handed_off.notified());
+            // Registered before the flags are read, so that a hand-off after the read wakes it.
+            handed_off.as_mut().enable();
+            for queue in &lanes.queues {
+                if queue.unannounced.swap(false, AtomicOrdering::AcqRel) {
+                    queue.ready.notify_one();
+                }
+            }
+            if lanes.closed.load(AtomicOrdering::Acquire) {
+                return;
+            }
+            handed_off.await;
+        }
+    }
+}
 
 /// Where a processor takes its jobs from, and the member's in-flight count it releases.
 pub(crate) struct Lane {
-    jobs: LaneJobs,
+    lanes: Arc<Lanes>,
+    /// The queue it takes from: its own, or with no ordering the one every processor shares.
+    queue: usize,
+    /// Whether other processors take from the same queue.
+    shared: bool,
     in_flight: Arc<AtomicUsize>,
     buffers: Arc<BufferPool>,
     /// The member's count of lanes still held by a processor.
@@ -41,35 +131,76 @@ impl Drop for Lane {
     }
 }
 
-enum LaneJobs {
-    /// Its own queue: the jobs routed to it, in order.
-    Own(UnboundedReceiver<Batch>),
-    /// A queue shared by every processor (no ordering); its batches hold one message each,
-    /// so that any free processor takes the next message.
-    Shared(Arc<Mutex<UnboundedReceiver<Batch>>>),
-}
-
 impl Lane {
-    pub async fn next(&mut self) -> Option<Batch> {
-        match &mut self.jobs {
-            LaneJobs::Own(jobs) => jobs.recv().await,
-            LaneJobs::Shared(jobs) => jobs.lock().await.recv().await,
+    /// Moves the next runs into `runs`, in order, waiting for one if there is none: every run
+    /// queued on its own lane, one run from a shared queue so that the other processors take
+    /// the next ones. `false` once the dispatcher is gone and the queue is empty.
+    pub async fn next(&mut self, runs: &mut Vec<Run>) -> bool {
+        let queue = &self.lanes.queues[self.queue];
+        loop {
+            let mut ready = pin!(queue.ready.notified());
+            // Registered before the queue is read, so that a wake after the read is not lost.
+            ready.as_mut().enable();
+            let more = {
+                let mut queued = lock(&queue.runs);
+                if self.shared {
+                    runs.extend(queued.pop_front());
+                } else {
+                    runs.extend(queued.drain(..));
+                }
+                !queued.is_empty()
+            };
+            if !runs.is_empty() {
+                if more {
+                    // The announcer woke one processor of the shared queue; it passes the wake
+                    // on while runs are left.
+                    queue.ready.notify_one();
+                }
+                return true;
+            }
+            if self.lanes.closed.load(AtomicOrdering::Acquire) {
+                return false;
+            }
+            ready.await;
         }
     }
 
     /// Releases the places in the queue of messages done with, whatever became of them, and
-    /// hands their buffers back to the fetch thread.
+    /// hands their buffers back to the fetch thread, which is woken if it waits for the room.
     pub fn done(&self, buffers: &mut Vec<Vec<u8>>) {
-        self.in_flight
-            .fetch_sub(buffers.len(), AtomicOrdering::AcqRel);
+        let released = buffers.len();
         self.buffers.put_all(buffers);
+        // Sequentially consistent with the fetch thread's `waiting` and count, so that one of
+        // the two sees the other: it does not wait, or it is woken.
+        let left = self.in_flight.fetch_sub(released, AtomicOrdering::SeqCst) - released;
+        let room = &self.lanes.room;
+        if left <= room.low_water
+            && room.waiting.load(AtomicOrdering::SeqCst)
+            && room.waiting.swap(false, AtomicOrdering::SeqCst)
+        {
+            if let Some(fetch_thread) = room.fetch_thread.get() {
+                fetch_thread.unpark();
+            }
+        }
+    }
+
+    /// Hands a run's emptied message vector back to the fetch thread.
+    pub fn recycle(&self, msgs: Vec<Message>) {
+        debug_assert!(msgs.is_empty());
+        let mut spare = lock(&self.lanes.spare_runs);
+        if spare.len() < MAX_SPARE_RUNS {
+            spare.push(msgs);
+        }
     }
 }
 
 /// The sending side of the lanes. Messages gather per lane until `flush`.
 pub(crate) struct Dispatcher {
-    lanes: Vec<UnboundedSender<Batch>>,
-    pending: Vec<Batch>,
+    lanes: Arc<Lanes>,
+    /// Each lane's runs since the last flush.
+    pending: Vec<Vec<Run>>,
+    /// Message vectors taken back from the processors.
+    spare_runs: Vec<Vec<Message>>,
     /// The partition of the offsets in `fetched`.
     fetched_partition: Option<Arc<PartitionState>>,
     /// Offsets of one partition dispatched and not yet recorded as fetched, ascending.
@@ -84,37 +215,42 @@ pub(crate) struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Creates `processors` lanes for this ordering.
+    /// Creates `processors` lanes for this ordering, for a queue of `capacity` messages.
     pub fn new(
         processors: usize,
         ordering: Ordering,
+        capacity: usize,
         in_flight: Arc<AtomicUsize>,
         buffers: Arc<BufferPool>,
     ) -> (Self, Vec<Lane>) {
         let processors_alive = Arc::new(AtomicUsize::new(processors));
-        let lane = |jobs| Lane {
-            jobs,
-            in_flight: in_flight.clone(),
-            buffers: buffers.clone(),
-            processors_alive: processors_alive.clone(),
-        };
-        let (lanes, receivers) = if ordering == Ordering::None {
-            let (tx, rx) = unbounded_channel();
-            let rx = Arc::new(Mutex::new(rx));
-            let receivers = (0..processors)
-                .map(|_| lane(LaneJobs::Shared(rx.clone())))
-                .collect();
-            (vec![tx], receivers)
-        } else {
-            (0..processors)
-                .map(|_| {
-                    let (tx, rx) = unbounded_channel();
-                    (tx, lane(LaneJobs::Own(rx)))
-                })
-                .unzip()
-        };
+        // Without ordering, every processor takes from one queue, a message at a time.
+        let shared = ordering == Ordering::None;
+        let queues = if shared { 1 } else { processors };
+        let lanes = Arc::new(Lanes {
+            queues: (0..queues).map(|_| LaneQueue::default()).collect(),
+            closed: AtomicBool::new(false),
+            handed_off: Notify::new(),
+            spare_runs: Mutex::default(),
+            room: RoomWait {
+                waiting: AtomicBool::new(false),
+                fetch_thread: OnceLock::new(),
+                low_water: capacity / 2,
+            },
+        });
+        let receivers = (0..processors)
+            .map(|processor| Lane {
+                lanes: lanes.clone(),
+                queue: if shared { 0 } else { processor },
+                shared,
+                in_flight: in_flight.clone(),
+                buffers: buffers.clone(),
+                processors_alive: processors_alive.clone(),
+            })
+            .collect();
         let dispatcher = Dispatcher {
-            pending: (0..lanes.len()).map(|_| Vec::new()).collect(),
+            pending: (0..queues).map(|_| Vec::new()).collect(),
+            spare_runs: Vec::new(),
             fetched_partition: None,
             fetched: Vec::new(),
             unsent: 0,
@@ -139,7 +275,19 @@ impl Dispatcher {
         self.in_flight.load(AtomicOrdering::Acquire)
     }
 
-    /// Adds the message to its lane's next batch.
+    /// Waits on the fetch thread, up to `limit`, until the processors have made room in a
+    /// full queue.
+    pub fn wait_for_room(&self, limit: Duration) {
+        let room = &self.lanes.room;
+        room.fetch_thread.get_or_init(thread::current);
+        room.waiting.store(true, AtomicOrdering::SeqCst);
+        if self.in_flight.load(AtomicOrdering::SeqCst) > room.low_water {
+            thread::park_timeout(limit);
+        }
+        room.waiting.store(false, AtomicOrdering::SeqCst);
+    }
+
+    /// Adds the message to its lane's next run.
     pub fn dispatch(&mut self, partition: &Arc<PartitionState>, msg: Message) {
         let same_partition = self
             .fetched_partition
@@ -150,37 +298,40 @@ impl Dispatcher {
             self.fetched_partition = Some(partition.clone());
         }
         self.fetched.push(msg.offset());
-        if self.ordering == Ordering::None {
-            self.record_fetched();
-            self.in_flight.fetch_add(1, AtomicOrdering::AcqRel);
-            let run = Run {
-                partition: partition.clone(),
-                msgs: vec![msg],
-            };
-            self.send(0, vec![run]);
-            return;
-        }
+        self.unsent += 1;
         let lane = self.lane_of(&msg);
-        let lane = &mut self.pending[lane];
-        match lane.last_mut() {
-            Some(run) if Arc::ptr_eq(&run.partition, partition) => {
-                self.unsent += 1;
+        // Without ordering every message is a run of its own, for any processor to take.
+        let joins_last_run = self.ordering != Ordering::None
+            && self.pending[lane]
+                .last()
+                .is_some_and(|run| Arc::ptr_eq(&run.partition, partition));
+        if joins_last_run {
+            if let Some(run) = self.pending[lane].last_mut() {
                 run.msgs.push(msg);
             }
-            _ => {
-                self.unsent += 1;
-                // Sized for a lane's share of a burst, so that a run is not copied as it grows.
-                let mut msgs = Vec::with_capacity(BURST.div_ceil(self.lanes.len()));
-                msgs.push(msg);
-                lane.push(Run {
-                    partition: partition.clone(),
-                    msgs,
-                });
-            }
+            return;
         }
+        let mut msgs = self.spare_run();
+        msgs.push(msg);
+        self.pending[lane].push(Run {
+            partition: partition.clone(),
+            msgs,
+        });
     }
 
-    /// Records what was dispatched as fetched, then sends every lane its batch.
+    /// An empty message vector: one a processor gave back, or a new one sized for a lane's
+    /// share of a burst, so that a run is not copied as it grows.
+    fn spare_run(&mut self) -> Vec<Message> {
+        if self.spare_runs.is_empty() {
+            self.spare_runs.append(&mut lock(&self.lanes.spare_runs));
+        }
+        self.spare_runs
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(BURST.div_ceil(self.pending.len())))
+    }
+
+    /// Records what was dispatched as fetched, then queues every lane's runs and wakes the
+    /// announcer.
     pub fn flush(&mut self) {
         self.record_fetched();
         // Counted before any processor can see them, so that the count never goes below zero.
@@ -188,11 +339,20 @@ impl Dispatcher {
             self.in_flight
                 .fetch_add(std::mem::take(&mut self.unsent), AtomicOrdering::AcqRel);
         }
-        for lane in 0..self.pending.len() {
-            if !self.pending[lane].is_empty() {
-                let batch = std::mem::take(&mut self.pending[lane]);
-                self.send(lane, batch);
+        let mut handed_off = false;
+        for (runs, queue) in self.pending.iter_mut().zip(&self.lanes.queues) {
+            if runs.is_empty() {
+                continue;
             }
+            // A lane whose processor died keeps its runs unhandled until the member stops,
+            // which it does on seeing the loss (see `processor_lost`); their offsets stay
+            // below the watermark, to be delivered again.
+            lock(&queue.runs).extend(runs.drain(..));
+            queue.unannounced.store(true, AtomicOrdering::Release);
+            handed_off = true;
+        }
+        if handed_off {
+            self.lanes.handed_off.notify_one();
         }
     }
 
@@ -205,14 +365,8 @@ impl Dispatcher {
         self.fetched.clear();
     }
 
-    fn send(&self, lane: usize, batch: Batch) {
-        // Only a dead processor drops its lane's receiver (see `processor_lost`). The messages
-        // are dropped unhandled; their offsets stay below the watermark, to be delivered again.
-        let _ = self.lanes[lane].send(batch);
-    }
-
     fn lane_of(&self, msg: &Message) -> usize {
-        let lanes = self.lanes.len() as u64;
+        let lanes = self.pending.len() as u64;
         let by_partition = || msg.partition() as u64 % lanes;
         let lane = match self.ordering {
             Ordering::None => 0,
@@ -226,6 +380,13 @@ impl Dispatcher {
     }
 }
 
+impl Drop for Dispatcher {
+    // Processors finish what is queued, then end.
+    fn drop(&mut self) {
+        self.lanes.close();
+    }
+}
+
 /// FNV-1a: fast on short keys and stable across runs and platforms.
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
@@ -235,11 +396,13 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn route(ordering: Ordering, msgs: &[Message]) -> Vec<usize> {
         let (dispatcher, _lanes) =
-            Dispatcher::new(8, ordering, Arc::new(AtomicUsize::new(0)), Arc::default());
+            Dispatcher::new(8, ordering, 1000, Arc::default(), Arc::default());
         msgs.iter().map(|m| dispatcher.lane_of(m)).collect()
     }
 
@@ -247,11 +410,87 @@ mod tests {
     fn a_lost_processor_is_seen_whatever_the_ordering() {
         for ordering in [Ordering::Key, Ordering::Partition, Ordering::None] {
             let (dispatcher, mut lanes) =
-                Dispatcher::new(4, ordering, Arc::new(AtomicUsize::new(0)), Arc::default());
+                Dispatcher::new(4, ordering, 1000, Arc::default(), Arc::default());
             assert!(!dispatcher.processor_lost(), "{ordering:?}");
             drop(lanes.remove(2));
             assert!(dispatcher.processor_lost(), "{ordering:?}");
         }
+    }
+
+    /// Offsets a lane was handed, in order, until it closed.
+    async fn offsets(mut lane: Lane) -> Vec<i64> {
+        let mut offsets = Vec::new();
+        let mut runs = Vec::new();
+        while lane.next(&mut runs).await {
+            for mut run in runs.drain(..) {
+                offsets.extend(run.msgs.iter().map(Message::offset));
+                run.msgs.clear();
+                lane.recycle(run.msgs);
+            }
+        }
+        offsets
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lane_gets_its_batches_in_order_and_ends_when_the_dispatcher_goes() {
+        let (mut dispatcher, lanes) =
+            Dispatcher::new(2, Ordering::Partition, 1000, Arc::default(), Arc::default());
+        tokio::spawn(announcer(&dispatcher));
+        let lanes: Vec<_> = lanes
+            .into_iter()
+            .map(|l| tokio::spawn(offsets(l)))
+            .collect();
+        let (even, odd) = (PartitionState::new(0), PartitionState::new(1));
+        for offset in 0..300 {
+            dispatcher.dispatch(&even, Message::new("t", 0, offset));
+            dispatcher.dispatch(&odd, Message::new("t", 1, offset));
+            if offset % 64 == 0 {
+                dispatcher.flush();
+                // Some hand-offs find the processors waiting, others busy.
+                tokio::task::yield_now().await;
+            }
+        }
+        dispatcher.flush();
+        assert_eq!(dispatcher.in_flight(), 600);
+        drop(dispatcher);
+        for lane in lanes {
+            let got = tokio::time::timeout(Duration::from_secs(10), lane)
+                .await
+                .expect("the lane ended")
+                .unwrap();
+            assert_eq!(got, (0..300).collect::<Vec<_>>());
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_ordering_every_message_goes_to_exactly_one_processor() {
+        let (mut dispatcher, lanes) =
+            Dispatcher::new(4, Ordering::None, 1000, Arc::default(), Arc::default());
+        tokio::spawn(announcer(&dispatcher));
+        let lanes: Vec<_> = lanes
+            .into_iter()
+            .map(|l| tokio::spawn(offsets(l)))
+            .collect();
+        let partition = PartitionState::new(0);
+        for offset in 0..1000 {
+            dispatcher.dispatch(&partition, Message::new("t", 0, offset));
+            if offset % 100 == 0 {
+                dispatcher.flush();
+                tokio::task::yield_now().await;
+            }
+        }
+        dispatcher.flush();
+        drop(dispatcher);
+        let mut got = Vec::new();
+        for lane in lanes {
+            let offsets = tokio::time::timeout(Duration::from_secs(10), lane)
+                .await
+                .expect("the lane ended")
+                .unwrap();
+            got.extend(offsets);
+        }
+        got.sort_unstable();
+        assert_eq!(got, (0..1000).collect::<Vec<_>>());
     }
 
     #[test]

@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 
 use super::buffers::BufferPool;
 use super::commit;
-use super::dispatch::Dispatcher;
+use super::dispatch::{self, Dispatcher};
 use super::fetched::{FetchQueue, NativeMessage, Taken};
 use super::offsets::PartitionState;
 use super::processor;
@@ -44,8 +44,18 @@ const POLL: Duration = Duration::from_millis(100);
 pub(super) const BURST: usize = 512;
 /// Consumer events served at most per round, so that a flood of them cannot hold up messages.
 const EVENTS_PER_ROUND: usize = 64;
-/// How long the loop sleeps between checks for room while the queue is full.
-const ROOM_CHECK: Duration = Duration::from_micros(200);
+/// How long the loop waits for the processors to make room in a full queue at most: they wake
+/// it when they have, so this bounds how late it serves a rebalance or a commit meanwhile.
+const ROOM_WAIT: Duration = Duration::from_millis(5);
+/// How long the loop sleeps between checks while a partition's uncommitted window is full.
+const WINDOW_CHECK: Duration = Duration::from_micros(200);
+/// A partition's uncommitted window, in offsets, is bounded by this many times
+/// `QueueCapacity`. librdkafka hands over messages a partition at a time, up to a fetch
+/// response's worth, so most of the queue is often one partition's; under key ordering they
+/// spread over every lane, and the partition's watermark waits for the busiest one. A window
+/// no larger than the queue left the other lanes idle meanwhile. The window holds offsets, 16
+/// bytes each; the messages themselves stay bounded by `QueueCapacity`.
+const WINDOW_PER_CAPACITY: usize = 4;
 /// librdkafka's `fetch.queue.backoff.ms` for kq consumers.
 const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 /// How often librdkafka reports statistics (consumer lag) while metrics are collected.
@@ -88,12 +98,14 @@ pub(crate) fn spawn_member(
     let (dispatcher, lanes) = Dispatcher::new(
         conf.processors,
         conf.effective_ordering(),
+        conf.queue_capacity,
         member.in_flight.clone(),
         member.buffers.clone(),
     );
     for lane in lanes {
         tokio::spawn(processor::run(queue.clone(), lane, shutdown.clone()));
     }
+    tokio::spawn(dispatch::announcer(&dispatcher));
 
     let (stopped_tx, stopped_rx) = oneshot::channel();
     let name = format!("kq-fetch-{}-{index}", queue.name);
@@ -224,8 +236,8 @@ fn partition_state<'a>(
 }
 
 /// The room left in one round of the loop: in the member's queue (`QueueCapacity` less the
-/// messages in flight), and in the uncommitted window of the partition being dispatched,
-/// which `QueueCapacity` bounds too. Both are read once and counted down as messages go,
+/// messages in flight), and in the uncommitted window of the partition being dispatched
+/// (`WINDOW_PER_CAPACITY`). Both are read once and counted down as messages go,
 /// rather than read for every message from counters the processors write.
 #[derive(Default)]
 struct Room {
@@ -258,7 +270,8 @@ impl Room {
         {
             // Offsets dispatched and not yet recorded would be missing from the window.
             dispatcher.record_fetched();
-            self.partition_left = self.capacity.saturating_sub(partition.window_len());
+            self.partition_left =
+                (WINDOW_PER_CAPACITY * self.capacity).saturating_sub(partition.window_len());
             self.partition = Some(partition.clone());
         }
         if self.partition_left == 0 {
@@ -346,12 +359,20 @@ impl FetchLoop {
             self.room = Room::new(queue.conf.queue_capacity, self.dispatcher.in_flight());
             // Rebalances run here, on this thread, between batches.
             self.serve_events();
-            let room = self.room.member.min(BURST);
-            if !self.dispatch_held() || room == 0 {
-                thread::sleep(ROOM_CHECK);
+            let all_held_dispatched = self.dispatch_held();
+            if self.room.member == 0 {
+                // The processors wake the loop when they have made room.
+                self.dispatcher.wait_for_room(ROOM_WAIT);
                 self.commit_if_due();
                 continue;
             }
+            if !all_held_dispatched {
+                // A partition's window is full until its oldest messages finish.
+                thread::sleep(WINDOW_CHECK);
+                self.commit_if_due();
+                continue;
+            }
+            let room = self.room.member.min(BURST);
             // What librdkafka holds already, up to the room there is; when it holds nothing,
             // wait for the first message (or an event) and take what came with it.
             self.fetch_queue.take(&mut self.taken, room, Duration::ZERO);

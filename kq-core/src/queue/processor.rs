@@ -128,12 +128,13 @@ async fn run_lane(queue: Arc<QueueShared>, mut lane: Lane, shutdown: Shutdown) {
     // Buffers of the messages done with, for their lane to release.
     let mut released = Vec::new();
     let mut recorder = Recorder::new(queue.clone());
-    while let Some(batch) = lane.next().await {
-        for run in batch {
+    let mut runs = Vec::new();
+    while lane.next(&mut runs).await {
+        for mut run in runs.drain(..) {
             let partition = &run.partition;
             partition.enter(run.msgs.len());
             let mut skipped = 0;
-            for msg in run.msgs {
+            for msg in run.msgs.drain(..) {
                 // Revoked or stopping: a message that has not started belongs to whoever
                 // consumes the partition next. A stop is checked here and not only when the
                 // fetch thread gets round to revoking: a message abandoned mid-retry by the
@@ -171,6 +172,7 @@ async fn run_lane(queue: Arc<QueueShared>, mut lane: Lane, shutdown: Shutdown) {
             }
             report(partition, &mut finished, &lane, &mut released);
             partition.skip(skipped);
+            lane.recycle(run.msgs);
         }
         recorder.report();
     }
