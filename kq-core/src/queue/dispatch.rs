@@ -431,15 +431,41 @@ mod tests {
         offsets
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_lane_gets_its_batches_in_order_and_ends_when_the_dispatcher_goes() {
-        let (mut dispatcher, lanes) =
-            Dispatcher::new(2, Ordering::Partition, 1000, Arc::default(), Arc::default());
+    /// A dispatcher with its announcer and a task per lane collecting what it is handed.
+    fn start(
+        processors: usize,
+        ordering: Ordering,
+    ) -> (Dispatcher, Vec<tokio::task::JoinHandle<Vec<i64>>>) {
+        let (dispatcher, lanes) =
+            Dispatcher::new(processors, ordering, 1000, Arc::default(), Arc::default());
         tokio::spawn(announcer(&dispatcher));
-        let lanes: Vec<_> = lanes
+        let lanes = lanes
             .into_iter()
             .map(|l| tokio::spawn(offsets(l)))
             .collect();
+        (dispatcher, lanes)
+    }
+
+    /// What each lane was handed, once the dispatcher is gone and the lanes have ended.
+    async fn handed(
+        dispatcher: Dispatcher,
+        lanes: Vec<tokio::task::JoinHandle<Vec<i64>>>,
+    ) -> Vec<Vec<i64>> {
+        drop(dispatcher);
+        let mut handed = Vec::new();
+        for lane in lanes {
+            let offsets = tokio::time::timeout(Duration::from_secs(10), lane)
+                .await
+                .expect("the lane ended")
+                .unwrap();
+            handed.push(offsets);
+        }
+        handed
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lane_gets_its_batches_in_order_and_ends_when_the_dispatcher_goes() {
+        let (mut dispatcher, lanes) = start(2, Ordering::Partition);
         let (even, odd) = (PartitionState::new(0), PartitionState::new(1));
         for offset in 0..300 {
             dispatcher.dispatch(&even, Message::new("t", 0, offset));
@@ -452,25 +478,14 @@ mod tests {
         }
         dispatcher.flush();
         assert_eq!(dispatcher.in_flight(), 600);
-        drop(dispatcher);
-        for lane in lanes {
-            let got = tokio::time::timeout(Duration::from_secs(10), lane)
-                .await
-                .expect("the lane ended")
-                .unwrap();
+        for got in handed(dispatcher, lanes).await {
             assert_eq!(got, (0..300).collect::<Vec<_>>());
         }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn without_ordering_every_message_goes_to_exactly_one_processor() {
-        let (mut dispatcher, lanes) =
-            Dispatcher::new(4, Ordering::None, 1000, Arc::default(), Arc::default());
-        tokio::spawn(announcer(&dispatcher));
-        let lanes: Vec<_> = lanes
-            .into_iter()
-            .map(|l| tokio::spawn(offsets(l)))
-            .collect();
+        let (mut dispatcher, lanes) = start(4, Ordering::None);
         let partition = PartitionState::new(0);
         for offset in 0..1000 {
             dispatcher.dispatch(&partition, Message::new("t", 0, offset));
@@ -480,15 +495,7 @@ mod tests {
             }
         }
         dispatcher.flush();
-        drop(dispatcher);
-        let mut got = Vec::new();
-        for lane in lanes {
-            let offsets = tokio::time::timeout(Duration::from_secs(10), lane)
-                .await
-                .expect("the lane ended")
-                .unwrap();
-            got.extend(offsets);
-        }
+        let mut got: Vec<i64> = handed(dispatcher, lanes).await.concat();
         got.sort_unstable();
         assert_eq!(got, (0..1000).collect::<Vec<_>>());
     }
