@@ -7,6 +7,8 @@ use std::{fmt, ptr, slice};
 
 use rdkafka::bindings as rdsys;
 
+use crate::sync::lock;
+
 /// One consumed Kafka record, with everything a handler may ask about it.
 ///
 /// Take `&kq::Message` as a handler parameter to read headers, the partition, the offset or the
@@ -218,10 +220,7 @@ impl Eq for Topic {}
 /// configuration, so there are few.
 pub(crate) fn intern_topic(name: &str) -> &'static str {
     static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
-    let mut names = NAMES
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let mut names = lock(NAMES.get_or_init(Mutex::default));
     match names.get(name) {
         Some(interned) => interned,
         None => {

@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 
 use crate::conf::PusherConf;
 use crate::error::Error;
+use crate::sync::lock;
 
 /// Where a pushed message landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,10 +150,6 @@ impl ProducerContext for PushContext {
             }
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 struct Inner {

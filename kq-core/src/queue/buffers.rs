@@ -6,6 +6,8 @@
 
 use std::sync::{Mutex, MutexGuard};
 
+use crate::sync::lock;
+
 /// Buffers larger than this are freed, not kept: large messages are rare, and their copy
 /// costs more than their allocation.
 const MAX_KEPT_CAPACITY: usize = 4096;
@@ -21,7 +23,7 @@ pub(crate) struct BufferPool {
 impl BufferPool {
     fn free(&self) -> MutexGuard<'_, Vec<Vec<u8>>> {
         // A Vec of buffers is whole at every point a panic could happen.
-        self.free.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.free)
     }
 
     /// Moves every waiting buffer into `spare`, which the fetch thread drains before asking

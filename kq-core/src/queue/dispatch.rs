@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, Thread};
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ use super::fetch::BURST;
 use super::offsets::PartitionState;
 use crate::conf::Ordering;
 use crate::message::Message;
+use crate::sync::lock;
 
 /// Consecutive messages of one partition on their way to a processor, with the partition
 /// state they report back to: one shared reference per run rather than per message. Each
@@ -71,11 +72,6 @@ struct LaneQueue {
     ready: Notify,
     /// Runs were queued since the announcer last woke the lane.
     unannounced: AtomicBool,
-}
-
-/// A lock on data that is whole at every point a panic could happen.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Lanes {

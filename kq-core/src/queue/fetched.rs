@@ -18,6 +18,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext};
 use rdkafka::error::KafkaError;
 
 use crate::error::Error;
+use crate::sync::lock;
 
 /// One member's fetch queue, with the consumer queue whose events wake a wait on it.
 ///
@@ -128,7 +129,7 @@ impl FetchQueue {
 
     fn routed(&self) -> MutexGuard<'_, BTreeSet<i32>> {
         // A set of numbers is whole at every point a panic could happen.
-        self.routed.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.routed)
     }
 
     /// Routes one partition; false when librdkafka has no queue for it.

@@ -9,6 +9,8 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::sync::lock;
+
 #[derive(Debug)]
 struct Progress {
     /// Offsets fetched and not yet below the watermark, ascending, with whether each is done.
@@ -59,7 +61,7 @@ impl PartitionState {
     fn progress(&self) -> MutexGuard<'_, Progress> {
         // A panic while the lock is held cannot leave `Progress` half-updated (each method
         // finishes its change before anything can panic), so a poisoned lock is still sound.
-        self.progress.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.progress)
     }
 
     /// Records fetched offsets under one lock. Offsets arrive in ascending order per

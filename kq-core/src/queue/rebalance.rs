@@ -19,6 +19,7 @@ use super::offsets::PartitionState;
 use super::QueueShared;
 use crate::conf::Assignor;
 use crate::observe::{self, MemberHealth};
+use crate::sync::lock;
 
 /// A group member: one librdkafka consumer and the partitions it currently owns.
 pub(crate) struct Member {
@@ -55,7 +56,7 @@ impl Member {
     }
 
     fn partitions(&self) -> MutexGuard<'_, HashMap<i32, Arc<PartitionState>>> {
-        self.partitions.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.partitions)
     }
 
     /// The current assignment's state of a partition, created on its first message.
