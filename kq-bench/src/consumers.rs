@@ -505,10 +505,10 @@ pub async fn io_bound(settings: &Settings) -> anyhow::Result<Vec<Row>> {
     let n = (settings.messages / 5).max(1000);
     let topic = fill(settings, n, n).await?;
     let ideal = PROCESSORS as f64 / WAIT.as_secs_f64();
-    let one_reply = measure_wait(|| async {
+    let reply = || async {
         reply_after(WAIT).await.expect("a kernel timer");
-    })
-    .await;
+    };
+    let one_reply = measure_wait(reply).await;
     let one_sleep = measure_wait(|| tokio::time::sleep(WAIT)).await;
     // `KQ_BENCH_ONLY=kq` leaves the baseline out, to profile kq alone.
     let baseline = !std::env::var("KQ_BENCH_ONLY").is_ok_and(|only| only.trim() == "kq");
@@ -516,10 +516,7 @@ pub async fn io_bound(settings: &Settings) -> anyhow::Result<Vec<Row>> {
     for _ in 0..settings.reps {
         if baseline {
             let cpu = cpu_time();
-            let (waits, took) = wait_loops(PROCESSORS, n.div_ceil(PROCESSORS as u64), || async {
-                reply_after(WAIT).await.expect("a kernel timer");
-            })
-            .await;
+            let (waits, took) = wait_loops(PROCESSORS, n.div_ceil(PROCESSORS as u64), reply).await;
             let row = Row::throughput(
                 "io",
                 "baseline 64 tasks waiting",
@@ -528,11 +525,12 @@ pub async fn io_bound(settings: &Settings) -> anyhow::Result<Vec<Row>> {
                 Some(cpu_time() - cpu),
             );
             let ratio = row.msgs_per_sec / ideal;
+            let (reply_ms, sleep_ms) =
+                (one_reply.as_secs_f64() * 1e3, one_sleep.as_secs_f64() * 1e3);
             rows.push(row.noted(format!(
-            "{ratio:.2}× the ideal {ideal:.0}/s, no consumer; one wait alone takes {:.3} ms, a 1 ms Tokio sleep {:.3} ms",
-            one_reply.as_secs_f64() * 1000.0,
-            one_sleep.as_secs_f64() * 1000.0,
-        )));
+                "{ratio:.2}× the ideal {ideal:.0}/s, no consumer; one wait alone takes \
+                 {reply_ms:.3} ms, a 1 ms Tokio sleep {sleep_ms:.3} ms"
+            )));
         }
 
         let counter = Counter::new(n);
