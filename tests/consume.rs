@@ -491,6 +491,82 @@ async fn shutdown_lets_running_handlers_finish_and_commits_them() {
     );
 }
 
+#[kq::consumer(conf = "PartitionOrder")]
+async fn partition_order(seen: kq::State<Seen>, _key: &str, value: &str, msg: &kq::Message) {
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    seen.records.lock().unwrap().push(Record {
+        key: String::new(),
+        value: value.to_owned(),
+        partition: msg.partition(),
+        offset: msg.offset(),
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_partition_order_a_backlog_runs_on_every_partition_at_once_in_order() {
+    const PARTITIONS: usize = 4;
+    const N: usize = 400;
+    let topic = unique("partition-order");
+    create_topic(&topic, PARTITIONS as i32).await;
+    // Pushed ahead and batched: the broker hands each partition's messages over in a run of
+    // their own, far more than the queue holds.
+    let mut conf = pusher_conf(&topic);
+    conf.sync_push = false;
+    let pusher = Pusher::from_conf(&conf).unwrap();
+    for i in 0..N {
+        pusher.kpush(format!("k{i}"), format!("{i}")).await.unwrap();
+    }
+    pusher.close().await.unwrap();
+
+    let mut conf = consumer_conf(&topic);
+    conf.ordering = kq::Ordering::Partition;
+    conf.processors = PARTITIONS;
+    conf.queue_capacity = 8;
+    let seen = Arc::new(Seen::default());
+    let running = Running::start("partition_order", conf, &seen);
+    let all = eventually(WAIT, || seen.count() >= N).await;
+    running.stop().await;
+    let records = seen.records.lock().unwrap().clone();
+    assert!(all, "handled {} of {N}", records.len());
+
+    let mut by_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for r in &records {
+        by_partition.entry(r.partition).or_default().push(r.offset);
+    }
+    assert_eq!(
+        by_partition.len(),
+        PARTITIONS,
+        "the keys spread over every partition"
+    );
+    for (partition, offsets) in &by_partition {
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "partition {partition} out of order or twice: {offsets:?}"
+        );
+    }
+    // No partition waits for another's backlog: by the time the first of them is half done,
+    // every one has started.
+    let mut done: BTreeMap<i32, usize> = BTreeMap::new();
+    for (i, r) in records.iter().enumerate() {
+        let count = done.entry(r.partition).or_default();
+        *count += 1;
+        if *count * 2 >= by_partition[&r.partition].len() {
+            let started: BTreeSet<i32> = records[..=i].iter().map(|r| r.partition).collect();
+            assert_eq!(
+                started.len(),
+                PARTITIONS,
+                "partition {} was half done before any of {:?} had started",
+                r.partition,
+                by_partition
+                    .keys()
+                    .filter(|p| !started.contains(p))
+                    .collect::<Vec<_>>()
+            );
+            break;
+        }
+    }
+}
+
 #[kq::consumer(conf = "Backpressure")]
 async fn backpressure(seen: kq::State<Seen>, key: &str, value: &str) {
     seen.records.lock().unwrap().push(Record {

@@ -6,12 +6,12 @@
 //! One loop per member keeps a partition's messages in offset order up to the dispatcher;
 //! librdkafka already fetches from every broker on threads of its own.
 //!
-//! Backpressure is by not taking: messages in hand wait for room, and librdkafka stops
-//! fetching once its own prefetch queue (`queued.max.messages.kbytes`) is full. Pausing
-//! partitions instead would discard what librdkafka already fetched and refetch it from the
-//! middle of a record batch on resume, which some Kafka-compatible brokers never answer.
+//! Backpressure is by not taking: messages in hand wait for room in the stash (see `stash`),
+//! which reads ahead at most `MaxBytes`, and librdkafka stops fetching once its own prefetch
+//! queue (`queued.max.messages.kbytes`) is full. Pausing partitions instead would discard
+//! what librdkafka already fetched and refetch it from the middle of a record batch on
+//! resume, which some Kafka-compatible brokers never answer.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
@@ -30,6 +30,7 @@ use super::fetched::{FetchQueue, NativeMessage, Taken};
 use super::offsets::PartitionState;
 use super::processor;
 use super::rebalance::{Member, MemberContext};
+use super::stash::{self, Stash};
 use super::QueueShared;
 use crate::conf::KqConf;
 use crate::error::Error;
@@ -38,7 +39,7 @@ use crate::service::Shutdown;
 
 /// How long the loop waits for a message before it comes round anyway (health, commits).
 const POLL: Duration = Duration::from_millis(100);
-/// Messages taken from librdkafka at most before they are handed to the lanes. Each hand-off
+/// Messages handed to the lanes at most per round of the loop. Each hand-off
 /// wakes the processors, which have usually run out of work and parked by then; larger bursts
 /// wake them less often, but leave them idle longer while the loop fills the next one.
 pub(super) const BURST: usize = 512;
@@ -47,7 +48,8 @@ const EVENTS_PER_ROUND: usize = 64;
 /// How long the loop waits for the processors to make room in a full queue at most: they wake
 /// it when they have, so this bounds how late it serves a rebalance or a commit meanwhile.
 const ROOM_WAIT: Duration = Duration::from_millis(5);
-/// How long the loop sleeps between checks while a partition's uncommitted window is full.
+/// How long the loop sleeps between checks while every stashed partition's uncommitted window
+/// is full.
 const WINDOW_CHECK: Duration = Duration::from_micros(200);
 /// A partition's uncommitted window, in offsets, is bounded by this many times
 /// `QueueCapacity`. librdkafka hands over messages a partition at a time, up to a fetch
@@ -118,14 +120,15 @@ pub(crate) fn spawn_member(
     let fetch = FetchLoop {
         copier,
         taken: Taken::default(),
+        stash: Stash::new(conf.max_bytes),
         fetch_queue,
         member,
         consumer,
         dispatcher,
         shutdown,
-        held: VecDeque::new(),
         last_partition: None,
         room: Room::default(),
+        blocked: false,
         last_commit: Instant::now(),
         errors_in_a_row: 0,
     };
@@ -307,21 +310,30 @@ impl Copier {
     }
 }
 
+/// A message waiting in the stash: as librdkafka delivered it, or already copied (one that
+/// came through the consumer queue).
+enum Fetched {
+    Native(NativeMessage),
+    /// Boxed: the stash moves its messages twice, and most are pointers.
+    Copied(Box<Message>),
+}
+
 struct FetchLoop {
     // Dropped before the consumer, as librdkafka requires of its messages and queues, also
     // when the loop unwinds.
     taken: Taken,
+    /// Messages taken and waiting for room.
+    stash: Stash<Fetched>,
     fetch_queue: Arc<FetchQueue>,
     member: Arc<Member>,
     consumer: BaseConsumer<MemberContext>,
     dispatcher: Dispatcher,
     shutdown: Shutdown,
     copier: Copier,
-    /// Messages taken while their partition had no room, in order; nothing more is taken
-    /// until they go.
-    held: VecDeque<(Arc<PartitionState>, Message)>,
     last_partition: Option<Arc<PartitionState>>,
     room: Room,
+    /// The last round dispatched nothing, though the stash held messages.
+    blocked: bool,
     last_commit: Instant,
     errors_in_a_row: u32,
 }
@@ -357,35 +369,28 @@ impl FetchLoop {
                 observed.set_in_flight(self.dispatcher.in_flight());
             }
             self.room = Room::new(queue.conf.queue_capacity, self.dispatcher.in_flight());
+            let full = self.room.member == 0;
             // Rebalances run here, on this thread, between batches.
             self.serve_events();
-            let all_held_dispatched = self.dispatch_held();
-            if self.room.member == 0 {
+            // Blocked: the stashed partitions' windows are full, and others may have messages
+            // behind them.
+            self.read_ahead(full || self.blocked);
+            if self.stash.is_empty() && !full {
+                // librdkafka holds nothing: wait for the first message (or an event), and
+                // take what came with it.
+                self.fetch_queue.take(&mut self.taken, 1, POLL);
+                self.stash_taken();
+                self.read_ahead(full);
+            }
+            let dispatched = self.dispatch_stashed();
+            self.blocked = !full && dispatched == 0 && !self.stash.is_empty();
+            if full {
                 // The processors wake the loop when they have made room.
                 self.dispatcher.wait_for_room(ROOM_WAIT);
-                self.commit_if_due();
-                continue;
-            }
-            if !all_held_dispatched {
-                // A partition's window is full until its oldest messages finish.
+            } else if self.blocked {
+                // Every stashed partition's window is full until its oldest messages finish.
                 thread::sleep(WINDOW_CHECK);
-                self.commit_if_due();
-                continue;
             }
-            let room = self.room.member.min(BURST);
-            // What librdkafka holds already, up to the room there is; when it holds nothing,
-            // wait for the first message (or an event) and take what came with it.
-            self.fetch_queue.take(&mut self.taken, room, Duration::ZERO);
-            if self.taken.is_empty() {
-                self.fetch_queue.take(&mut self.taken, 1, POLL);
-                if self.taken.len() == 1 && room > 1 {
-                    self.accept_taken();
-                    self.fetch_queue
-                        .take(&mut self.taken, room - 1, Duration::ZERO);
-                }
-            }
-            self.accept_taken();
-            self.dispatcher.flush();
             self.commit_if_due();
         }
         let member = self.member.index;
@@ -413,59 +418,78 @@ impl FetchLoop {
                     // only messages without an error as `Ok`.
                     let msg = unsafe { self.copier.copy(record.ptr()) };
                     drop(record);
-                    self.accept(msg);
-                    self.dispatcher.flush();
+                    let bytes = msg.key().map_or(0, <[u8]>::len)
+                        + msg.value().map_or(0, <[u8]>::len)
+                        + stash::OVERHEAD_BYTES;
+                    let partition =
+                        partition_state(&self.member, &mut self.last_partition, msg.partition());
+                    self.stash
+                        .push(partition, Fetched::Copied(Box::new(msg)), bytes);
                 }
                 Some(Err(e)) => self.back_off(e),
             }
         }
     }
 
-    /// Hands every taken message on, or holds it when its partition has no room.
-    fn accept_taken(&mut self) {
-        while let Some(native) = self.taken.next() {
-            self.accept_native(native);
-        }
-    }
-
-    fn accept_native(&mut self, native: NativeMessage) {
-        if let Some(e) = native.error() {
-            self.back_off(e);
-            return;
-        }
-        self.errors_in_a_row = 0;
-        // SAFETY: `native` is live until it drops below, and delivered without an error.
-        let msg = unsafe { self.copier.copy(native.as_ptr()) };
-        drop(native);
-        self.accept(msg);
-    }
-
-    /// Dispatches the message, or holds it behind those already held.
-    fn accept(&mut self, msg: Message) {
-        let partition = partition_state(&self.member, &mut self.last_partition, msg.partition());
-        if self.held.is_empty() && self.room.take(partition, &mut self.dispatcher) {
-            self.dispatcher.dispatch(partition, msg);
+    /// Takes what librdkafka holds into the stash: the round's room's worth, or `further`,
+    /// until the stash is full. Reading further ahead only while the processors are behind
+    /// leaves the messages in librdkafka's queue, under its prefetch bound, when they are not.
+    fn read_ahead(&mut self, further: bool) {
+        let wanted = if further {
+            usize::MAX
         } else {
-            self.held.push_back((partition.clone(), msg));
+            self.room.member.min(BURST)
+        };
+        while !self.stash.is_full() && self.stash.len() < wanted {
+            let max = (wanted - self.stash.len()).min(BURST);
+            self.fetch_queue.take(&mut self.taken, max, Duration::ZERO);
+            if self.taken.is_empty() {
+                return;
+            }
+            self.stash_taken();
         }
     }
 
-    /// Dispatches held messages while their partitions have room; whether none is left.
-    fn dispatch_held(&mut self) -> bool {
-        while let Some((partition, _)) = self.held.front() {
-            // Fetched under an assignment that is gone: the next owner reads it again.
-            let revoked = partition.is_revoked();
-            if !revoked && !self.room.take(partition, &mut self.dispatcher) {
-                break;
+    /// Moves the taken messages into the stash; an error in place of a message backs off.
+    fn stash_taken(&mut self) {
+        while let Some(native) = self.taken.next() {
+            if let Some(e) = native.error() {
+                self.back_off(e);
+                continue;
             }
-            if let Some((partition, msg)) = self.held.pop_front() {
-                if !revoked {
-                    self.dispatcher.dispatch(&partition, msg);
-                }
-            }
+            self.errors_in_a_row = 0;
+            let bytes = native.len() + stash::OVERHEAD_BYTES;
+            let partition =
+                partition_state(&self.member, &mut self.last_partition, native.partition());
+            self.stash.push(partition, Fetched::Native(native), bytes);
         }
+    }
+
+    /// Hands stashed messages to the dispatcher while their partitions have room, a share of
+    /// the round's room for each; returns how many.
+    fn dispatch_stashed(&mut self) -> usize {
+        let FetchLoop {
+            stash,
+            room,
+            dispatcher,
+            copier,
+            ..
+        } = self;
+        let dispatched = stash.serve(room.member.min(BURST), |partition, fetched| {
+            if !room.take(partition, dispatcher) {
+                return Err(fetched);
+            }
+            let msg = match fetched {
+                // SAFETY: `native` is live until it drops here, and delivered without an
+                // error (see `stash_taken`).
+                Fetched::Native(native) => unsafe { copier.copy(native.as_ptr()) },
+                Fetched::Copied(msg) => *msg,
+            };
+            dispatcher.dispatch(partition, msg);
+            Ok(())
+        });
         self.dispatcher.flush();
-        self.held.is_empty()
+        dispatched
     }
 
     fn back_off(&mut self, error: KafkaError) {
@@ -501,13 +525,13 @@ impl FetchLoop {
     fn stop(self) -> BaseConsumer<MemberContext> {
         let FetchLoop {
             taken,
+            stash,
             fetch_queue,
             member,
             consumer,
-            held,
             ..
         } = self;
-        drop(held);
+        drop(stash);
         let owned: Vec<i32> = member.owned().iter().map(|p| p.partition()).collect();
         // Releasing everything also leaves nothing for the rebalance callback that closing
         // the consumer triggers.

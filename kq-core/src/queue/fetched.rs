@@ -221,11 +221,6 @@ impl Taken {
         self.next = 0;
     }
 
-    /// How many messages are left.
-    pub fn len(&self) -> usize {
-        self.ptrs.len() - self.next
-    }
-
     /// The next message, in the order librdkafka delivered them.
     pub fn next(&mut self) -> Option<NativeMessage> {
         let ptr = *self.ptrs.get(self.next)?;
@@ -245,10 +240,26 @@ impl Drop for Taken {
 /// One message owned by kq until it is dropped.
 pub(crate) struct NativeMessage(NonNull<rdsys::rd_kafka_message_t>);
 
+// SAFETY: librdkafka's messages may be read and destroyed on any thread.
+unsafe impl Send for NativeMessage {}
+
 impl NativeMessage {
     /// The message's pointer, for reading it; valid while `self` lives.
     pub fn as_ptr(&self) -> *const rdsys::rd_kafka_message_t {
         self.0.as_ptr()
+    }
+
+    /// The partition it came from.
+    pub fn partition(&self) -> i32 {
+        // SAFETY: a live message.
+        unsafe { self.0.as_ref().partition }
+    }
+
+    /// The bytes of its key and value.
+    pub fn len(&self) -> usize {
+        // SAFETY: a live message.
+        let message = unsafe { self.0.as_ref() };
+        message.len + message.key_len
     }
 
     /// The error librdkafka delivered in place of a message, if it is one.
@@ -414,9 +425,8 @@ mod tests {
         let mut taken = Taken::default();
         queue.take(&mut taken, 1, Duration::from_secs(60));
         let waited = started.elapsed();
-        assert_eq!(
-            taken.len(),
-            0,
+        assert!(
+            taken.is_empty(),
             "nothing fetched before the assignment is served"
         );
         assert!(queue.has_events());

@@ -2,8 +2,9 @@
 //!
 //! A message travels through one module per stage:
 //!
-//! 1. `fetch`: each group member (`Conns`) polls librdkafka on a thread of its own, and
-//!    stops polling instead of buffering when the queue is full;
+//! 1. `fetch`: each group member (`Conns`) takes batches from librdkafka on a thread of its
+//!    own into its `stash`, a line per partition, which reads ahead a bounded amount while
+//!    the queue is full and then stops taking;
 //! 2. `dispatch`: routes the message to a processor lane by key (per-key order);
 //! 3. `processor`: runs the handler under the error policy (retries, dead letters, panics);
 //! 4. `offsets`: tracks what is done per partition and yields the gap-free watermark;
@@ -19,6 +20,7 @@ mod fetch;
 mod fetched;
 mod offsets;
 mod processor;
+mod stash;
 
 pub use processor::dead_letter_headers;
 mod rebalance;
