@@ -18,16 +18,26 @@ pub struct Message {
     topic: Topic,
     partition: i32,
     offset: i64,
-    timestamp: Option<i64>,
+    /// Milliseconds since the Unix epoch, or `NO_TIMESTAMP`.
+    timestamp: i64,
     /// Key and value in one allocation: a message is allocated on the fetch thread and freed
     /// on a processor, and every allocation that crosses threads costs.
     bytes: Vec<u8>,
-    /// Where the key ends and the value starts in `bytes`.
-    key_len: usize,
+    /// Where the key ends and the value starts in `bytes`. librdkafka's sizes are 32-bit.
+    key_len: u32,
     has_key: bool,
     has_value: bool,
-    headers: Headers,
+    /// `None` for none: most records have none, and a message moves from the fetch thread to
+    /// a processor, each of its cache lines with it.
+    headers: Option<Box<Headers>>,
 }
+
+/// `Message::timestamp` of a record without one. Kafka's own marker is -1, which a producer
+/// may still set on purpose.
+const NO_TIMESTAMP: i64 = i64::MIN;
+
+/// What `Message::headers` returns for a record without headers.
+static NO_HEADERS: Headers = Headers(Vec::new());
 
 impl Message {
     /// Builds a message by hand, for tests of handlers and for dead-letter bookkeeping.
@@ -36,44 +46,48 @@ impl Message {
             topic: Topic::Shared(topic.into()),
             partition,
             offset,
-            timestamp: None,
+            timestamp: NO_TIMESTAMP,
             bytes: Vec::new(),
             key_len: 0,
             has_key: false,
             has_value: false,
-            headers: Headers::default(),
+            headers: None,
         }
     }
 
     /// Sets the key.
     pub fn with_key(mut self, key: impl AsRef<[u8]>) -> Self {
-        let value = self.bytes.split_off(self.key_len);
+        let value = self.bytes.split_off(self.key_len as usize);
         let key = key.as_ref();
         self.bytes.clear();
         self.bytes.extend_from_slice(key);
         self.bytes.extend_from_slice(&value);
-        self.key_len = key.len();
+        self.key_len = u32::try_from(key.len()).expect("a key of less than 4 GiB");
         self.has_key = true;
         self
     }
 
     /// Sets the value (the payload).
     pub fn with_value(mut self, value: impl AsRef<[u8]>) -> Self {
-        self.bytes.truncate(self.key_len);
+        self.bytes.truncate(self.key_len as usize);
         self.bytes.extend_from_slice(value.as_ref());
         self.has_value = true;
         self
     }
 
-    /// Sets the timestamp, in milliseconds since the Unix epoch.
+    /// Sets the timestamp, in milliseconds since the Unix epoch. `i64::MIN` reads back as
+    /// none.
     pub fn with_timestamp(mut self, millis: i64) -> Self {
-        self.timestamp = Some(millis);
+        self.timestamp = millis;
         self
     }
 
     /// Adds a header.
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
-        self.headers.0.push((name.into(), Some(value.into())));
+        self.headers
+            .get_or_insert_with(Box::default)
+            .0
+            .push((name.into(), Some(value.into())));
         self
     }
 
@@ -98,9 +112,12 @@ impl Message {
             };
             let mut kind = rdsys::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
             let timestamp = rdsys::rd_kafka_message_timestamp(native, &mut kind);
-            let timestamp = (kind
-                != rdsys::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE)
-                .then_some(timestamp);
+            let timestamp =
+                if kind == rdsys::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE {
+                    NO_TIMESTAMP
+                } else {
+                    timestamp
+                };
             (
                 record,
                 bytes_at(record.key, record.key_len),
@@ -112,7 +129,7 @@ impl Message {
             // SAFETY: as above.
             unsafe { read_headers(native) }
         } else {
-            Headers::default()
+            None
         };
         let key_bytes = key.unwrap_or_default();
         let value_bytes = value.unwrap_or_default();
@@ -126,7 +143,8 @@ impl Message {
             offset: record.offset,
             timestamp,
             bytes,
-            key_len: key_bytes.len(),
+            // librdkafka's lengths are 32-bit.
+            key_len: key_bytes.len() as u32,
             has_key: key.is_some(),
             has_value: value.is_some(),
             headers,
@@ -155,17 +173,17 @@ impl Message {
 
     /// The record's timestamp in milliseconds since the Unix epoch, if the broker gave one.
     pub fn timestamp(&self) -> Option<i64> {
-        self.timestamp
+        (self.timestamp != NO_TIMESTAMP).then_some(self.timestamp)
     }
 
     /// The key bytes, if the record has a key.
     pub fn key(&self) -> Option<&[u8]> {
-        self.has_key.then(|| &self.bytes[..self.key_len])
+        self.has_key.then(|| &self.bytes[..self.key_len as usize])
     }
 
     /// The value bytes, if the record is not a tombstone.
     pub fn value(&self) -> Option<&[u8]> {
-        self.has_value.then(|| &self.bytes[self.key_len..])
+        self.has_value.then(|| &self.bytes[self.key_len as usize..])
     }
 
     /// The key as UTF-8 text; a missing key reads as `""`, as in go-queue.
@@ -186,7 +204,7 @@ impl Message {
     /// topic (dead letters carry them on), or trace context with the `opentelemetry` feature.
     /// Otherwise they are empty.
     pub fn headers(&self) -> &Headers {
-        &self.headers
+        self.headers.as_deref().unwrap_or(&NO_HEADERS)
     }
 }
 
@@ -240,14 +258,14 @@ pub(crate) fn intern_topic(name: &str) -> &'static str {
 /// # Safety
 ///
 /// `record` is a live message.
-unsafe fn read_headers(record: *const rdsys::rd_kafka_message_t) -> Headers {
+unsafe fn read_headers(record: *const rdsys::rd_kafka_message_t) -> Option<Box<Headers>> {
     let mut native: *mut rdsys::rd_kafka_headers_t = ptr::null_mut();
     // SAFETY: the headers librdkafka returns belong to `record` and are only read here.
     let err = unsafe { rdsys::rd_kafka_message_headers(record, &mut native) };
     if err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || native.is_null() {
         // No headers, or a header block librdkafka cannot parse: the record is delivered
         // without them rather than not at all.
-        return Headers::default();
+        return None;
     }
     // SAFETY: as above, `native` is valid for as long as `record` is.
     let count = unsafe { rdsys::rd_kafka_header_cnt(native) };
@@ -275,7 +293,8 @@ unsafe fn read_headers(record: *const rdsys::rd_kafka_message_t) -> Headers {
         };
         headers.push((name, value));
     }
-    Headers(headers)
+    // Kept as none rather than as an empty list, so that messages compare alike either way.
+    (!headers.is_empty()).then(|| Box::new(Headers(headers)))
 }
 
 impl fmt::Debug for Message {
@@ -288,7 +307,7 @@ impl fmt::Debug for Message {
             .field("timestamp", &self.timestamp)
             .field("key_len", &self.key().map(<[u8]>::len))
             .field("value_len", &self.value().map(<[u8]>::len))
-            .field("headers", &self.headers.len())
+            .field("headers", &self.headers().len())
             .finish()
     }
 }
@@ -352,5 +371,26 @@ mod tests {
         let msg = Message::new("t", 0, 0).with_key("");
         assert_eq!((msg.key(), msg.value()), (Some(&b""[..]), None));
         assert_eq!((msg.key_str(), msg.value_str()), (Ok(""), Ok("")));
+    }
+
+    #[test]
+    fn timestamp_and_headers_read_as_none_until_set() {
+        let msg = Message::new("t", 0, 0);
+        assert_eq!((msg.timestamp(), msg.headers().len()), (None, 0));
+        assert_eq!(msg, Message::new("t", 0, 0));
+        let msg = msg.with_timestamp(-1).with_header("h", "v");
+        assert_eq!(msg.timestamp(), Some(-1));
+        assert_eq!(msg.headers().get_str("h"), Some("v"));
+    }
+
+    #[test]
+    fn a_message_stays_small() {
+        // It is written on the fetch thread and read on a processor: every cache line it
+        // takes crosses between cores, once per message.
+        assert!(
+            std::mem::size_of::<Message>() <= 88,
+            "{}",
+            std::mem::size_of::<Message>()
+        );
     }
 }

@@ -6,7 +6,8 @@
 //!    own into its `stash`, a line per partition, which reads ahead a bounded amount while
 //!    the queue is full and then stops taking;
 //! 2. `dispatch`: routes the message to a processor lane by key (per-key order);
-//! 3. `processor`: runs the handler under the error policy (retries, dead letters, panics);
+//! 3. `processor`: runs the handler under the error policy (retries, dead letters, panics),
+//!    timed for the metrics by `timing`;
 //! 4. `offsets`: tracks what is done per partition and yields the gap-free watermark;
 //! 5. `commit`: commits watermarks on an interval, and synchronously on revoke and shutdown;
 //!
@@ -21,6 +22,7 @@ mod fetched;
 mod offsets;
 mod processor;
 mod stash;
+mod timing;
 
 pub use processor::dead_letter_headers;
 mod rebalance;

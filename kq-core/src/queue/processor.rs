@@ -16,6 +16,7 @@ use tracing::Instrument as _;
 
 use super::dispatch::Lane;
 use super::offsets::PartitionState;
+use super::timing::Recorder;
 use super::{Outcome, QueueShared};
 use crate::handler::{HandlerError, HandlerErrorKind};
 use crate::message::Message;
@@ -47,61 +48,6 @@ enum Settled {
     Abandoned,
 }
 
-/// Times one processor's handler runs and records their outcomes: in a tally that goes to
-/// kq's metrics once per run of messages, and to the app's `Metrics` one by one.
-struct Recorder {
-    queue: Arc<QueueShared>,
-    tally: Option<Tally>,
-    /// When the last recorded run ended. The next message starts then, which saves reading the
-    /// clock twice per message; it is forgotten whenever the processor waits for work.
-    last_end: Option<Instant>,
-}
-
-impl Recorder {
-    fn new(queue: Arc<QueueShared>) -> Self {
-        let tally = queue.observed.as_ref().map(|_| Tally::default());
-        Recorder {
-            queue,
-            tally,
-            last_end: None,
-        }
-    }
-
-    /// When the next handler run starts, if runs are timed at all: reading the clock per
-    /// message is measurable.
-    fn start(&mut self) -> Option<Instant> {
-        if self.tally.is_none() && self.queue.metrics.is_none() {
-            return None;
-        }
-        Some(self.last_end.take().unwrap_or_else(Instant::now))
-    }
-
-    fn record(&mut self, outcome: Outcome, started: Option<Instant>) {
-        let Some(started) = started else { return };
-        let now = Instant::now();
-        let elapsed = now - started;
-        app_metrics(&self.queue, outcome, elapsed);
-        if let Some(tally) = &mut self.tally {
-            tally.record(outcome, elapsed);
-        }
-        self.last_end = Some(now);
-    }
-
-    /// The processor is about to wait: what it tallied goes to the metrics, and the time
-    /// spent waiting will not count as the next message's.
-    fn report(&mut self) {
-        if let (Some(observed), Some(tally)) = (&self.queue.observed, &mut self.tally) {
-            observed.add(tally);
-        }
-        self.forget_clock();
-    }
-
-    /// The next message starts when it starts, not when the last recorded run ended.
-    fn forget_clock(&mut self) {
-        self.last_end = None;
-    }
-}
-
 /// Runs messages from one lane, one at a time, until the lane closes.
 ///
 /// Application code runs under guards of its own, so a panic that reaches this far is kq's, or
@@ -125,8 +71,10 @@ async fn run_lane(queue: Arc<QueueShared>, mut lane: Lane, shutdown: Shutdown) {
     // Offsets done and not yet reported to their partition: reported once per run of
     // messages, or before waiting on a handler, rather than one lock per message.
     let mut finished = Vec::new();
-    // Buffers of the messages done with, for their lane to release.
+    // Buffers of the messages done with, for their lane to release, and the runs' emptied
+    // message vectors.
     let mut released = Vec::new();
+    let mut emptied = Vec::new();
     let mut recorder = Recorder::new(queue.clone());
     let mut runs = Vec::new();
     while lane.next(&mut runs).await {
@@ -141,41 +89,97 @@ async fn run_lane(queue: Arc<QueueShared>, mut lane: Lane, shutdown: Shutdown) {
                 // stop must not be overtaken by the next one with its key.
                 if shutdown.is_triggered() || partition.is_revoked() {
                     skipped += 1;
-                } else {
+                    released.push(msg.into_bytes());
+                    continue;
+                }
+                recorder.begin();
+                let first = {
                     let span = trace::message_span(&queue.name, &queue.conf.group, &msg);
-                    let started = recorder.start();
-                    let mut settling =
-                        pin!(settle(&queue, partition, &msg, &shutdown, started).instrument(span));
-                    let settled = match poll_fn(|cx| Poll::Ready(settling.as_mut().poll(cx))).await
-                    {
-                        Poll::Ready(settled) => settled,
+                    let mut running = pin!(run_handler(&queue, &msg).instrument(span));
+                    match poll_fn(|cx| Poll::Ready(running.as_mut().poll(cx))).await {
+                        Poll::Ready(Ok(())) => FirstRun::AtOnce,
+                        Poll::Ready(Err(error)) => FirstRun::Failed {
+                            error,
+                            started: recorder.started(),
+                            span: running.span().clone(),
+                        },
                         Poll::Pending => {
+                            let started = recorder.started();
                             // The handler waits: what is done must not wait behind it.
                             report(partition, &mut finished, &lane, &mut released);
                             recorder.report();
-                            settling.await
+                            match running.as_mut().await {
+                                Ok(()) => FirstRun::Waited { started },
+                                Err(error) => FirstRun::Failed {
+                                    error,
+                                    started,
+                                    span: running.span().clone(),
+                                },
+                            }
                         }
-                    };
-                    match settled {
-                        Settled::Done(outcome, started) => {
-                            recorder.record(outcome, started);
-                            finished.push(msg.offset());
-                        }
-                        Settled::Abandoned => {
-                            // Its retries' waits are no part of the next message's time.
-                            recorder.forget_clock();
-                            partition.abandon();
+                    }
+                };
+                match first {
+                    FirstRun::AtOnce => {
+                        recorder.finished_at_once();
+                        finished.push(msg.offset());
+                    }
+                    FirstRun::Waited { started } => {
+                        recorder.record(Outcome::Ok, started);
+                        finished.push(msg.offset());
+                    }
+                    FirstRun::Failed {
+                        error,
+                        started,
+                        span,
+                    } => {
+                        // The error policy may wait: what is done must not wait behind it.
+                        report(partition, &mut finished, &lane, &mut released);
+                        recorder.report();
+                        let settled = recover(&queue, partition, &msg, &shutdown, started, error)
+                            .instrument(span)
+                            .await;
+                        match settled {
+                            Settled::Done(outcome, started) => {
+                                recorder.record(outcome, started);
+                                finished.push(msg.offset());
+                            }
+                            Settled::Abandoned => {
+                                // Its retries' waits are no part of the next message's time.
+                                recorder.forget_clock();
+                                partition.abandon();
+                            }
                         }
                     }
                 }
                 released.push(msg.into_bytes());
             }
-            report(partition, &mut finished, &lane, &mut released);
+            partition.finish_all(&finished);
+            finished.clear();
             partition.skip(skipped);
-            lane.recycle(run.msgs);
+            emptied.push(run.msgs);
         }
+        // Once per hand-off rather than per run: a hand-off holds a run per partition, often
+        // of a few messages each, and these take locks the fetch thread and the other
+        // processors share.
+        lane.done(&mut released);
+        lane.recycle(&mut emptied);
         recorder.report();
     }
+}
+
+/// How a message's first handler run went.
+enum FirstRun {
+    /// It succeeded on its first poll.
+    AtOnce,
+    /// It succeeded after waiting; it is timed on its own, from `started`.
+    Waited { started: Option<Instant> },
+    /// It failed, after `started`; the error policy takes over, in the message's span.
+    Failed {
+        error: HandlerError,
+        started: Option<Instant>,
+        span: tracing::Span,
+    },
 }
 
 /// Marks `finished` offsets done in their partition and releases the messages done with.
@@ -190,26 +194,20 @@ fn report(
     lane.done(released);
 }
 
-/// Runs the handler under the error policy until the message is done with. `started` is when
-/// the first run starts, if runs are timed; the outcomes of runs before the last are recorded
-/// here, the last one's by the caller.
-async fn settle(
+/// Applies the error policy to a message whose handler failed with `error` on its first run,
+/// which started at `started` (when runs are timed), running it again until it is done with.
+/// The outcomes of runs before the last are recorded here, the last one's by the caller.
+async fn recover(
     queue: &QueueShared,
     partition: &PartitionState,
     msg: &Message,
     shutdown: &Shutdown,
     mut started: Option<Instant>,
+    mut error: HandlerError,
 ) -> Settled {
     let policy = &queue.conf.retry;
     let mut attempt: u32 = 1;
     loop {
-        if attempt > 1 {
-            started = started.map(|_| Instant::now());
-        }
-        let error = match run_handler(queue, msg).await {
-            Ok(()) => return Settled::Done(Outcome::Ok, started),
-            Err(error) => error,
-        };
         // A payload that cannot be decoded will not decode on a second try.
         let retry = attempt < policy.attempts && error.kind() != HandlerErrorKind::Decode;
         if retry {
@@ -229,66 +227,93 @@ async fn settle(
                 return Settled::Abandoned;
             }
             attempt += 1;
-            continue;
+        } else {
+            match give_up(queue, partition, msg, shutdown, started, &error, attempt).await {
+                GiveUp::Settled(settled) => return settled,
+                GiveUp::Hold => attempt = attempt.saturating_add(1),
+            }
         }
+        started = started.map(|_| Instant::now());
+        match run_handler(queue, msg).await {
+            Ok(()) => return Settled::Done(Outcome::Ok, started),
+            Err(next) => error = next,
+        }
+    }
+}
 
-        guarded(queue, "error handler", || {
-            (queue.error_handler)(msg, &error)
-        });
-        if let Some(dead_letter) = &queue.dead_letter {
-            // A message bound for the dead-letter topic finishes only once it is there: a
-            // failed write holds the partition's commits and is tried again, whatever
-            // `ForceCommit` says, since committing past it would lose the message.
-            loop {
-                let headers = dead_letter_headers(msg, &error, attempt);
-                match dead_letter
-                    .send(msg.key(), msg.value(), Some(headers))
-                    .await
-                {
-                    Ok(_) => {
-                        tracing::warn!(
-                            consumer = %queue.name,
-                            topic = msg.topic(),
-                            partition = msg.partition(),
-                            offset = msg.offset(),
-                            dead_letter_topic = dead_letter.name(),
-                            "message dead-lettered"
-                        );
-                        return Settled::Done(Outcome::DeadLettered, started);
-                    }
-                    Err(e) => tracing::error!(
+/// What the error policy does once a message has no retries left.
+enum GiveUp {
+    Settled(Settled),
+    /// `ForceCommit: false`: the message holds its partition and runs again.
+    Hold,
+}
+
+/// The error policy for a message out of retries: the error handler, then the dead-letter
+/// topic if there is one, else commit past it (`ForceCommit: true`) or hold the partition.
+async fn give_up(
+    queue: &QueueShared,
+    partition: &PartitionState,
+    msg: &Message,
+    shutdown: &Shutdown,
+    started: Option<Instant>,
+    error: &HandlerError,
+    attempt: u32,
+) -> GiveUp {
+    let policy = &queue.conf.retry;
+    guarded(queue, "error handler", || (queue.error_handler)(msg, error));
+    if let Some(dead_letter) = &queue.dead_letter {
+        // A message bound for the dead-letter topic finishes only once it is there: a failed
+        // write holds the partition's commits and is tried again, whatever `ForceCommit`
+        // says, since committing past it would lose the message.
+        loop {
+            let headers = dead_letter_headers(msg, error, attempt);
+            match dead_letter
+                .send(msg.key(), msg.value(), Some(headers))
+                .await
+            {
+                Ok(_) => {
+                    tracing::warn!(
                         consumer = %queue.name,
                         topic = msg.topic(),
                         partition = msg.partition(),
                         offset = msg.offset(),
                         dead_letter_topic = dead_letter.name(),
-                        error = %e,
-                        retry_in = ?policy.max_backoff,
-                        "dead letter not written; holding the partition's commits at this message until it is"
-                    ),
+                        "message dead-lettered"
+                    );
+                    return GiveUp::Settled(Settled::Done(Outcome::DeadLettered, started));
                 }
-                if !wait_unless_stopped(policy.max_backoff, partition, shutdown).await {
-                    return Settled::Abandoned;
-                }
+                Err(e) => tracing::error!(
+                    consumer = %queue.name,
+                    topic = msg.topic(),
+                    partition = msg.partition(),
+                    offset = msg.offset(),
+                    dead_letter_topic = dead_letter.name(),
+                    error = %e,
+                    retry_in = ?policy.max_backoff,
+                    "dead letter not written; holding the partition's commits at this message until it is"
+                ),
+            }
+            if !wait_unless_stopped(policy.max_backoff, partition, shutdown).await {
+                return GiveUp::Settled(Settled::Abandoned);
             }
         }
-        if queue.conf.force_commit {
-            return Settled::Done(Outcome::Failed, started);
-        }
-        record(queue, Outcome::Retried, started);
-        tracing::warn!(
-            consumer = %queue.name,
-            topic = msg.topic(),
-            partition = msg.partition(),
-            offset = msg.offset(),
-            retry_in = ?policy.max_backoff,
-            "holding the partition's commits at this message until it succeeds (ForceCommit: false)"
-        );
-        if !wait_unless_stopped(policy.max_backoff, partition, shutdown).await {
-            return Settled::Abandoned;
-        }
-        attempt = attempt.saturating_add(1);
     }
+    if queue.conf.force_commit {
+        return GiveUp::Settled(Settled::Done(Outcome::Failed, started));
+    }
+    record(queue, Outcome::Retried, started);
+    tracing::warn!(
+        consumer = %queue.name,
+        topic = msg.topic(),
+        partition = msg.partition(),
+        offset = msg.offset(),
+        retry_in = ?policy.max_backoff,
+        "holding the partition's commits at this message until it succeeds (ForceCommit: false)"
+    );
+    if !wait_unless_stopped(policy.max_backoff, partition, shutdown).await {
+        return GiveUp::Settled(Settled::Abandoned);
+    }
+    GiveUp::Hold
 }
 
 /// Runs the handler once, turning a panic into an error so the processor survives it.
@@ -304,7 +329,7 @@ async fn run_handler(queue: &QueueShared, msg: &Message) -> Result<(), HandlerEr
 }
 
 /// Reports a run to the application's `Metrics`, if it set any.
-fn app_metrics(queue: &QueueShared, outcome: Outcome, elapsed: Duration) {
+pub(super) fn app_metrics(queue: &QueueShared, outcome: Outcome, elapsed: Duration) {
     if let Some(metrics) = &queue.metrics {
         guarded(queue, "metrics", || {
             metrics.record(&queue.name, outcome, elapsed)
