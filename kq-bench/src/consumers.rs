@@ -18,20 +18,47 @@ use crate::measure::{cpu_time, peak_rss_mib, quantile, Row};
 use crate::Settings;
 
 /// Counts handled messages and remembers when the first and the last arrived.
-#[derive(Default)]
+///
+/// Each thread counts on a cache line of its own. The raw loops count in a local variable;
+/// one count shared by kq's processors on two workers would cost the kq subject a contended
+/// atomic per message, which the handler of no consumer needs. The handler therefore cannot
+/// tell which message was the last: `watch` sums the lines, more and more often as the
+/// count nears its target.
 pub struct Counter {
-    target: AtomicU64,
-    count: AtomicU64,
+    target: u64,
+    lines: [CountLine; COUNT_LINES],
     first: OnceLock<Instant>,
     last: OnceLock<Instant>,
     latencies_us: Mutex<Vec<f64>>,
 }
 
+/// Threads counting at once on lines of their own, at most; more share them.
+const COUNT_LINES: usize = 16;
+
+/// One thread's count, alone on its cache lines (128 bytes: the adjacent-line prefetcher
+/// pairs lines).
+#[derive(Default)]
+#[repr(align(128))]
+struct CountLine(AtomicU64);
+
+/// The line the current thread counts on.
+fn count_line() -> usize {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        static LINE: usize = (NEXT.fetch_add(1, Ordering::Relaxed) % COUNT_LINES as u64) as usize;
+    }
+    LINE.with(|line| *line)
+}
+
 impl Counter {
     fn new(target: u64) -> Arc<Counter> {
-        let counter = Counter::default();
-        counter.target.store(target, Ordering::Relaxed);
-        Arc::new(counter)
+        Arc::new(Counter {
+            target,
+            lines: Default::default(),
+            first: OnceLock::new(),
+            last: OnceLock::new(),
+            latencies_us: Mutex::default(),
+        })
     }
 
     fn hit(&self) {
@@ -39,14 +66,48 @@ impl Counter {
         if self.first.get().is_none() {
             let _ = self.first.set(Instant::now());
         }
-        let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
-        if n == self.target.load(Ordering::Relaxed) {
-            let _ = self.last.set(Instant::now());
-        }
+        self.lines[count_line()].0.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Messages counted so far.
+    fn count(&self) -> u64 {
+        self.lines.iter().map(|l| l.0.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Whether the target was reached; the first call that sees it notes the time.
     fn done(&self) -> bool {
-        self.last.get().is_some()
+        if self.last.get().is_some() {
+            return true;
+        }
+        if self.count() >= self.target {
+            let _ = self.last.set(Instant::now());
+            return true;
+        }
+        false
+    }
+
+    /// Waits, on a thread of its own, until the target is reached or `limit` passes; looks
+    /// every 2 ms, and every 20 µs over the last hundredth, so that the time of the last
+    /// message is noted within microseconds.
+    async fn watch(self: &Arc<Self>, limit: Duration) -> bool {
+        let counter = self.clone();
+        let deadline = Instant::now() + limit;
+        tokio::task::spawn_blocking(move || loop {
+            if counter.done() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            let left = counter.target.saturating_sub(counter.count());
+            std::thread::sleep(if left > counter.target / 100 {
+                Duration::from_millis(2)
+            } else {
+                Duration::from_micros(20)
+            });
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// Time from the first message to the last.
@@ -284,18 +345,10 @@ async fn run_kq(
         .map_err(anyhow::Error::msg)?;
     let shutdown = Shutdown::new();
     let task = tokio::spawn(Queue::new(consumer, conf, handler).run(shutdown.clone()));
-    let deadline = Instant::now() + limit;
-    while !counter.done() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let done = counter.watch(limit).await;
     shutdown.trigger();
     task.await??;
-    anyhow::ensure!(
-        counter.done(),
-        "kq handled {} of {}",
-        counter.count.load(Ordering::Relaxed),
-        counter.target.load(Ordering::Relaxed)
-    );
+    anyhow::ensure!(done, "kq handled {} of {}", counter.count(), counter.target);
     Ok(())
 }
 
@@ -737,7 +790,7 @@ async fn latency_run(settings: &Settings, with_kq: bool) -> anyhow::Result<Row> 
     let pusher = kq::Pusher::from_conf(&pusher_conf)?;
     // One message first, to be sure the consumer has joined before the clock starts.
     pusher.kpush("warmup", "warmup").await?;
-    while counter.count.load(Ordering::Relaxed) == 0 {
+    while counter.count() == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let value = vec![b'x'; settings.value_bytes];
@@ -840,7 +893,7 @@ pub fn memory_child(args: &[String]) -> anyhow::Result<()> {
         task.await??;
         println!(
             "{} {:.1}",
-            counter.count.load(Ordering::Relaxed),
+            counter.count(),
             peak_rss_mib().unwrap_or(f64::NAN)
         );
         anyhow::Ok(())
