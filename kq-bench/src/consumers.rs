@@ -22,8 +22,8 @@ use crate::Settings;
 /// Each thread counts on a cache line of its own. The raw loops count in a local variable;
 /// one count shared by kq's processors on two workers would cost the kq subject a contended
 /// atomic per message, which the handler of no consumer needs. The handler therefore cannot
-/// tell which message was the last: `watch` sums the lines, more and more often as the
-/// count nears its target.
+/// tell which message was the last: `watch` sums the lines, more often as the count nears
+/// its target.
 pub struct Counter {
     target: u64,
     lines: [CountLine; COUNT_LINES],
@@ -86,9 +86,10 @@ impl Counter {
         false
     }
 
-    /// Waits, on a thread of its own, until the target is reached or `limit` passes; looks
-    /// every 2 ms, and every 20 µs over the last hundredth, so that the time of the last
-    /// message is noted within microseconds.
+    /// Waits, on a thread of its own, until the target is reached or `limit` passes. It looks
+    /// again after half the time the rest should take at the rate so far (at least 20 µs, at
+    /// most 10 ms), so that the last message's time is noted within microseconds with a few
+    /// dozen looks: its wake-ups count in the process's CPU time.
     async fn watch(self: &Arc<Self>, limit: Duration) -> bool {
         let counter = self.clone();
         let deadline = Instant::now() + limit;
@@ -99,12 +100,16 @@ impl Counter {
             if Instant::now() >= deadline {
                 return false;
             }
-            let left = counter.target.saturating_sub(counter.count());
-            std::thread::sleep(if left > counter.target / 100 {
-                Duration::from_millis(2)
-            } else {
-                Duration::from_micros(20)
-            });
+            let counted = counter.count();
+            let wait = match counter.first.get() {
+                Some(first) if counted > 0 => {
+                    let left = counter.target.saturating_sub(counted) as f64;
+                    let rest = first.elapsed().as_secs_f64() * left / counted as f64;
+                    Duration::from_secs_f64(rest / 2.0)
+                }
+                _ => Duration::MAX,
+            };
+            std::thread::sleep(wait.clamp(Duration::from_micros(20), Duration::from_millis(10)));
         })
         .await
         .unwrap_or(false)
