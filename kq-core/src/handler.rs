@@ -118,6 +118,9 @@ impl<H: Handler + ?Sized> Handler for Arc<H> {
 #[derive(Clone)]
 pub struct HandlerContext {
     state: Arc<dyn Any + Send + Sync>,
+    /// The state's type, kept so that a `State<S>` parameter is checked without a call
+    /// through `state`'s vtable for every message.
+    state_type_id: TypeId,
     state_type: &'static str,
 }
 
@@ -126,6 +129,7 @@ impl HandlerContext {
     pub fn new<S: Send + Sync + 'static>(state: Arc<S>) -> Self {
         HandlerContext {
             state,
+            state_type_id: TypeId::of::<S>(),
             state_type: std::any::type_name::<S>(),
         }
     }
@@ -141,11 +145,17 @@ impl HandlerContext {
     }
 
     fn state<S: Send + Sync + 'static>(&self) -> Option<Arc<S>> {
-        self.state.clone().downcast::<S>().ok()
+        if !self.holds::<S>() {
+            return None;
+        }
+        let state = Arc::into_raw(self.state.clone());
+        // SAFETY: the pointer comes from an `Arc` that was built as an `Arc<S>` (`new` took
+        // one and `state_type_id` is its type), so it is one as `Arc::downcast` would give.
+        Some(unsafe { Arc::from_raw(state.cast::<S>()) })
     }
 
     fn holds<S: 'static>(&self) -> bool {
-        (*self.state).type_id() == TypeId::of::<S>()
+        self.state_type_id == TypeId::of::<S>()
     }
 }
 
