@@ -184,9 +184,12 @@ impl Lane {
     pub fn recycle(&self, emptied: &mut Vec<Vec<Message>>) {
         debug_assert!(emptied.iter().all(Vec::is_empty));
         let mut spare = lock(&self.lanes.spare_runs);
-        let room = MAX_SPARE_RUNS.saturating_sub(spare.len());
-        spare.extend(emptied.drain(..).take(room));
+        let kept = emptied
+            .len()
+            .min(MAX_SPARE_RUNS.saturating_sub(spare.len()));
+        spare.extend(emptied.drain(..kept));
         drop(spare);
+        // What the fetch thread has no room for is freed outside its lock.
         emptied.clear();
     }
 }
