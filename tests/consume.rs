@@ -369,6 +369,64 @@ async fn an_undecodable_payload_goes_through_the_error_policy() {
     assert!(failures[0].1.ends_with("(trace-id t-9)"), "{failures:?}");
 }
 
+#[kq::consumer(conf = "Texts")]
+async fn texts(seen: kq::State<Seen>, key: &str, value: &str) {
+    seen.record_value(format!("{key}={value}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_or_value_that_is_not_utf8_is_a_decode_error_and_text_reads_whole() {
+    let topic = unique("texts");
+    create_topic(&topic, 1).await;
+    let pusher = pusher(&topic).await;
+    let records: [(&[u8], &[u8]); 5] = [
+        (b"k", b"bad-\xff-value"),
+        (b"bad-\xc3-key", b"v"),
+        ("ключ".as_bytes(), "значение ✓".as_bytes()),
+        (b"", b""),
+        (b"k", b"plain"),
+    ];
+    for (key, value) in records {
+        pusher.kpush(key, value).await.expect("push");
+    }
+
+    let seen = Arc::new(Seen::default());
+    let failures = seen.clone();
+    let running = Running::start_queue("texts", consumer_conf(&topic), &seen, move |queue| {
+        queue.with_error_handler(move |msg, error| {
+            assert_eq!(error.kind(), kq::HandlerErrorKind::Decode);
+            failures
+                .failures
+                .lock()
+                .unwrap()
+                .push((msg.offset(), error.to_string()));
+        })
+    });
+    assert!(eventually(WAIT, || seen.count() >= 3).await);
+    running.stop().await;
+    // Different keys go to different processors: in any order.
+    let mut values = seen.values();
+    values.sort();
+    assert_eq!(values, ["=", "k=plain", "ключ=значение ✓"]);
+    let mut failures = seen.failures.lock().unwrap().clone();
+    failures.sort();
+    assert_eq!(
+        failures.len(),
+        2,
+        "decode errors are not retried: {failures:?}"
+    );
+    assert_eq!(failures[0].0, 0, "{failures:?}");
+    assert!(
+        failures[0].1.contains("value is not valid UTF-8"),
+        "{failures:?}"
+    );
+    assert_eq!(failures[1].0, 1, "{failures:?}");
+    assert!(
+        failures[1].1.contains("key is not valid UTF-8"),
+        "{failures:?}"
+    );
+}
+
 #[kq::consumer(conf = "Resumed")]
 async fn resumed(seen: kq::State<Seen>, _key: &str, value: &str) {
     seen.record_value(value);

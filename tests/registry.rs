@@ -81,3 +81,12 @@ fn a_consumer_reads_headers_only_when_a_parameter_can_see_them() {
     assert!(reads("orders_audit"), "&Message");
     assert!(reads("refunds"), "State and &Message");
 }
+
+#[test]
+fn a_consumer_has_its_text_checked_as_it_is_copied_only_when_it_takes_key_or_value_as_str() {
+    let reads = |name: &str| kq::ConsumerRegistration::find(name).unwrap().reads_text;
+    assert!(reads("orders"), "State, key and value");
+    assert!(reads("shipments"), "key and value");
+    assert!(!reads("orders_audit"), "&Message");
+    assert!(!reads("refunds"), "State and &Message");
+}

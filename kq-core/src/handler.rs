@@ -102,6 +102,15 @@ pub trait Handler: Send + Sync + 'static {
     fn reads_headers(&self) -> bool {
         true
     }
+
+    /// Whether `handle` reads the key or the value as text ([`Message::key_str`],
+    /// [`Message::value_str`]). A handler that does can return `true`: its queue then checks
+    /// them as UTF-8 while it copies them out of librdkafka, on the thread whose cache still
+    /// holds them, and those calls skip the check. A `#[kq::consumer]` function with `&str`
+    /// parameters says so.
+    fn reads_text(&self) -> bool {
+        false
+    }
 }
 
 impl<H: Handler + ?Sized> Handler for Arc<H> {
@@ -111,6 +120,10 @@ impl<H: Handler + ?Sized> Handler for Arc<H> {
 
     fn reads_headers(&self) -> bool {
         (**self).reads_headers()
+    }
+
+    fn reads_text(&self) -> bool {
+        (**self).reads_text()
     }
 }
 

@@ -13,7 +13,7 @@ use crate::sync::lock;
 ///
 /// Take `&kq::Message` as a handler parameter to read headers, the partition, the offset or the
 /// timestamp, or the raw key and value bytes.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Message {
     topic: Topic,
     partition: i32,
@@ -25,11 +25,29 @@ pub struct Message {
     bytes: Vec<u8>,
     /// Where the key ends and the value starts in `bytes`. librdkafka's sizes are 32-bit.
     key_len: u32,
-    has_key: bool,
-    has_value: bool,
+    key: Part,
+    value: Part,
     /// `None` for none: most records have none, and a message moves from the fetch thread to
     /// a processor, each of its cache lines with it.
     headers: Option<Box<Headers>>,
+}
+
+/// Whether a message has a key (or a value), and whether it is known to be UTF-8 text.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Absent,
+    /// There, and not checked.
+    Bytes,
+    /// There, and checked as UTF-8 when the message was copied out of librdkafka: the bytes
+    /// were then still in the fetch thread's cache, and a handler that reads text need not
+    /// read them again to check them.
+    Text,
+}
+
+impl Part {
+    fn is_present(self) -> bool {
+        self != Part::Absent
+    }
 }
 
 /// `Message::timestamp` of a record without one. Kafka's own marker is -1, which a producer
@@ -49,8 +67,8 @@ impl Message {
             timestamp: NO_TIMESTAMP,
             bytes: Vec::new(),
             key_len: 0,
-            has_key: false,
-            has_value: false,
+            key: Part::Absent,
+            value: Part::Absent,
             headers: None,
         }
     }
@@ -63,7 +81,8 @@ impl Message {
         self.bytes.extend_from_slice(key);
         self.bytes.extend_from_slice(&value);
         self.key_len = u32::try_from(key.len()).expect("a key of less than 4 GiB");
-        self.has_key = true;
+        // The value's bytes moved but did not change: what is known of them still holds.
+        self.key = Part::Bytes;
         self
     }
 
@@ -71,7 +90,7 @@ impl Message {
     pub fn with_value(mut self, value: impl AsRef<[u8]>) -> Self {
         self.bytes.truncate(self.key_len as usize);
         self.bytes.extend_from_slice(value.as_ref());
-        self.has_value = true;
+        self.value = Part::Bytes;
         self
     }
 
@@ -92,7 +111,8 @@ impl Message {
     }
 
     /// Copies a record out of librdkafka into `bytes`, a buffer whose contents are replaced;
-    /// its headers too when `with_headers`.
+    /// its headers too when `with_headers`. With `check_text`, the key and value are checked
+    /// as UTF-8 while they are in this thread's cache, for a handler that reads them as text.
     ///
     /// # Safety
     ///
@@ -102,6 +122,7 @@ impl Message {
         native: *const rdsys::rd_kafka_message_t,
         mut bytes: Vec<u8>,
         with_headers: bool,
+        check_text: bool,
     ) -> Self {
         // SAFETY: the caller's promise; key and payload are `key_len` and `len` bytes when not
         // null, and are read before `native` goes.
@@ -137,6 +158,11 @@ impl Message {
         bytes.reserve(key_bytes.len() + value_bytes.len());
         bytes.extend_from_slice(key_bytes);
         bytes.extend_from_slice(value_bytes);
+        let part = |there: bool, bytes: &[u8]| match there {
+            false => Part::Absent,
+            true if check_text && std::str::from_utf8(bytes).is_ok() => Part::Text,
+            true => Part::Bytes,
+        };
         Message {
             topic: Topic::Interned(topic),
             partition: record.partition,
@@ -145,8 +171,8 @@ impl Message {
             bytes,
             // librdkafka's lengths are 32-bit.
             key_len: key_bytes.len() as u32,
-            has_key: key.is_some(),
-            has_value: value.is_some(),
+            key: part(key.is_some(), key_bytes),
+            value: part(value.is_some(), value_bytes),
             headers,
         }
     }
@@ -178,22 +204,26 @@ impl Message {
 
     /// The key bytes, if the record has a key.
     pub fn key(&self) -> Option<&[u8]> {
-        self.has_key.then(|| &self.bytes[..self.key_len as usize])
+        self.key
+            .is_present()
+            .then(|| &self.bytes[..self.key_len as usize])
     }
 
     /// The value bytes, if the record is not a tombstone.
     pub fn value(&self) -> Option<&[u8]> {
-        self.has_value.then(|| &self.bytes[self.key_len as usize..])
+        self.value
+            .is_present()
+            .then(|| &self.bytes[self.key_len as usize..])
     }
 
     /// The key as UTF-8 text; a missing key reads as `""`, as in go-queue.
     pub fn key_str(&self) -> Result<&str, std::str::Utf8Error> {
-        std::str::from_utf8(self.key().unwrap_or_default())
+        text(self.key, self.key().unwrap_or_default())
     }
 
     /// The value as UTF-8 text; a missing value reads as `""`, as in go-queue.
     pub fn value_str(&self) -> Result<&str, std::str::Utf8Error> {
-        std::str::from_utf8(self.value().unwrap_or_default())
+        text(self.value, self.value().unwrap_or_default())
     }
 
     /// The record's headers, in the order the producer wrote them.
@@ -207,6 +237,33 @@ impl Message {
         self.headers.as_deref().unwrap_or(&NO_HEADERS)
     }
 }
+
+/// `bytes`, the part `part` of a message, as text.
+fn text(part: Part, bytes: &[u8]) -> Result<&str, std::str::Utf8Error> {
+    if part == Part::Text {
+        // SAFETY: `Part::Text` is set only on bytes that were checked when the message was
+        // built, and a message's bytes change only in its builders, which set a new key or
+        // value as `Part::Bytes` and leave the other part's bytes as they were.
+        return Ok(unsafe { std::str::from_utf8_unchecked(bytes) });
+    }
+    std::str::from_utf8(bytes)
+}
+
+// Two messages are equal when what a handler can read of them is: whether their text was
+// checked is not part of that.
+impl PartialEq for Message {
+    fn eq(&self, other: &Self) -> bool {
+        self.topic == other.topic
+            && self.partition == other.partition
+            && self.offset == other.offset
+            && self.timestamp == other.timestamp
+            && self.key() == other.key()
+            && self.value() == other.value()
+            && self.headers == other.headers
+    }
+}
+
+impl Eq for Message {}
 
 /// A message's topic name. Consumed messages share their queue's interned name: a reference
 /// count per message would be touched by the fetch thread and by a processor, one cache line

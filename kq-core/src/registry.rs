@@ -30,6 +30,8 @@ pub struct ConsumerRegistration {
     pub check: fn(&HandlerContext) -> Result<(), String>,
     /// Whether a parameter reads the message's headers (`FromMessage::READS_HEADERS`).
     pub reads_headers: fn() -> bool,
+    /// Whether a parameter is the key or the value as `&str`.
+    pub reads_text: bool,
     /// The error policy given in the attribute, which overrides the YAML block's.
     pub policy: PolicyOverrides,
 }
@@ -113,6 +115,10 @@ impl Handler for RegisteredHandler {
 
     fn reads_headers(&self) -> bool {
         (self.registration.reads_headers)()
+    }
+
+    fn reads_text(&self) -> bool {
+        self.registration.reads_text
     }
 }
 

@@ -249,6 +249,9 @@ fn generate(function: &ItemFn, args: &Args, params: &[Param]) -> TokenStream {
         }),
         _ => None,
     });
+    let reads_text = params
+        .iter()
+        .any(|param| matches!(param, Param::Key | Param::Value));
     let output_span = match &function.sig.output {
         ReturnType::Default => ident.span(),
         ReturnType::Type(_, ty) => ty.span(),
@@ -317,6 +320,7 @@ fn generate(function: &ItemFn, args: &Args, params: &[Param]) -> TokenStream {
                     handler: __kq_handler,
                     check: __kq_check,
                     reads_headers: __kq_reads_headers,
+                    reads_text: #reads_text,
                     policy: #private::PolicyOverrides {
                         retry_attempts: #retry_attempts,
                         dead_letter_topic: #dead_letter_topic,

@@ -116,6 +116,7 @@ pub(crate) fn spawn_member(
         buffers: member.buffers.clone(),
         spare: Vec::new(),
         with_headers: queue.reads_headers(),
+        check_text: queue.reads_text(),
     };
     let fetch = FetchLoop {
         copier,
@@ -294,6 +295,8 @@ struct Copier {
     spare: Vec<Vec<u8>>,
     /// Whether messages carry their headers (see `QueueShared::reads_headers`).
     with_headers: bool,
+    /// Whether key and value are checked as text (see `QueueShared::reads_text`).
+    check_text: bool,
 }
 
 impl Copier {
@@ -306,7 +309,15 @@ impl Copier {
         }
         let buffer = self.spare.pop().unwrap_or_default();
         // SAFETY: the caller's promise.
-        unsafe { Message::from_native(self.topic, native, buffer, self.with_headers) }
+        unsafe {
+            Message::from_native(
+                self.topic,
+                native,
+                buffer,
+                self.with_headers,
+                self.check_text,
+            )
+        }
     }
 }
 

@@ -237,6 +237,12 @@ impl QueueShared {
             || self.dead_letter.is_some()
             || cfg!(feature = "opentelemetry")
     }
+
+    /// Whether messages are checked as UTF-8 text as they are copied (see
+    /// [`Handler::reads_text`](crate::Handler::reads_text)).
+    pub fn reads_text(&self) -> bool {
+        self.handler.reads_text()
+    }
 }
 
 /// go-zero's stat log: once a minute, a line per consumer with its throughput and handler
