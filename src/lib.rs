@@ -65,7 +65,8 @@ pub use kq_core::{
 /// - `&kq::Message`: the whole record: headers, topic, partition, offset, timestamp, bytes
 ///   (a consumer that takes it has its queue read each record's headers, which costs
 ///   librdkafka an allocation per message; the other parameters need none);
-/// - `kq::State<S>`: the service state built by `kq::main!`;
+/// - `&kq::State<S>`: the service state built by `kq::main!` (by value, `kq::State<S>`, it is
+///   an `Arc` of it cloned for every message, to keep past the handler);
 /// - `kq::Json<T>`: the value decoded from JSON into any `T: Deserialize`.
 ///
 /// A parameter that cannot be taken (invalid UTF-8, undecodable JSON) is a decode error for

@@ -69,7 +69,7 @@ async fn pusher(topic: &str) -> Pusher {
 const WAIT: Duration = Duration::from_secs(60);
 
 #[kq::consumer(conf = "Orders")]
-async fn record_order(seen: kq::State<Seen>, key: &str, value: &str, msg: &kq::Message) {
+async fn record_order(seen: &kq::State<Seen>, key: &str, value: &str, msg: &kq::Message) {
     // Uneven handler times make completions finish out of order across lanes.
     let jitter = msg.offset() as u64 % 3;
     tokio::time::sleep(Duration::from_millis(jitter)).await;
@@ -140,7 +140,7 @@ struct Payment {
 
 #[kq::consumer(conf = "Payments")]
 async fn record_payment(
-    seen: kq::State<Seen>,
+    seen: &kq::State<Seen>,
     msg: &kq::Message,
     kq::Json(payment): kq::Json<Payment>,
 ) -> Result<(), String> {
@@ -248,7 +248,7 @@ async fn json_payloads_headers_and_message_details_reach_the_handler() {
 }
 
 #[kq::consumer(conf = "Flaky")]
-async fn flaky(seen: kq::State<Seen>, _key: &str, value: &str) -> anyhow::Result<()> {
+async fn flaky(seen: &kq::State<Seen>, _key: &str, value: &str) -> anyhow::Result<()> {
     let attempt = seen.attempt(value);
     match value {
         "poison" => anyhow::bail!("cannot handle {value} (attempt {attempt})"),
@@ -318,7 +318,7 @@ async fn failures_are_retried_reported_and_committed_past() {
 }
 
 #[kq::consumer(conf = "Decoded")]
-async fn decoded(seen: kq::State<Seen>, kq::Json(payment): kq::Json<Payment>) {
+async fn decoded(seen: &kq::State<Seen>, kq::Json(payment): kq::Json<Payment>) {
     seen.record_value(payment.order);
 }
 
@@ -370,7 +370,7 @@ async fn an_undecodable_payload_goes_through_the_error_policy() {
 }
 
 #[kq::consumer(conf = "Texts")]
-async fn texts(seen: kq::State<Seen>, key: &str, value: &str) {
+async fn texts(seen: &kq::State<Seen>, key: &str, value: &str) {
     seen.record_value(format!("{key}={value}"));
 }
 
@@ -428,7 +428,7 @@ async fn a_key_or_value_that_is_not_utf8_is_a_decode_error_and_text_reads_whole(
 }
 
 #[kq::consumer(conf = "Resumed")]
-async fn resumed(seen: kq::State<Seen>, _key: &str, value: &str) {
+async fn resumed(seen: &kq::State<Seen>, _key: &str, value: &str) {
     seen.record_value(value);
 }
 
@@ -472,7 +472,7 @@ async fn shutdown_commits_so_a_restart_resumes_where_it_stopped() {
 }
 
 #[kq::consumer(conf = "Forming")]
-async fn forming(seen: kq::State<Seen>, _key: &str, value: &str) {
+async fn forming(seen: &kq::State<Seen>, _key: &str, value: &str) {
     seen.record_value(value);
 }
 
@@ -506,7 +506,7 @@ async fn a_stop_while_the_group_forms_completes_and_loses_nothing() {
 static STARTED: AtomicUsize = AtomicUsize::new(0);
 
 #[kq::consumer(conf = "Slow")]
-async fn slow(seen: kq::State<Seen>, _key: &str, value: &str) {
+async fn slow(seen: &kq::State<Seen>, _key: &str, value: &str) {
     STARTED.fetch_add(1, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(500)).await;
     seen.record_value(value);
@@ -550,7 +550,7 @@ async fn shutdown_lets_running_handlers_finish_and_commits_them() {
 }
 
 #[kq::consumer(conf = "PartitionOrder")]
-async fn partition_order(seen: kq::State<Seen>, _key: &str, value: &str, msg: &kq::Message) {
+async fn partition_order(seen: &kq::State<Seen>, _key: &str, value: &str, msg: &kq::Message) {
     tokio::time::sleep(Duration::from_millis(2)).await;
     seen.records.lock().unwrap().push(Record {
         key: String::new(),
@@ -626,7 +626,7 @@ async fn under_partition_order_a_backlog_runs_on_every_partition_at_once_in_orde
 }
 
 #[kq::consumer(conf = "Backpressure")]
-async fn backpressure(seen: kq::State<Seen>, key: &str, value: &str) {
+async fn backpressure(seen: &kq::State<Seen>, key: &str, value: &str) {
     seen.records.lock().unwrap().push(Record {
         key: key.to_owned(),
         value: value.to_owned(),
@@ -747,7 +747,7 @@ async fn a_processor_that_dies_stops_its_member_and_loses_nothing() {
 }
 
 #[kq::consumer(conf = "RawHeaders")]
-async fn record_headers(seen: kq::State<Seen>, msg: &kq::Message) {
+async fn record_headers(seen: &kq::State<Seen>, msg: &kq::Message) {
     let headers: Vec<String> = msg
         .headers()
         .iter()

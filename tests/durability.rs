@@ -45,7 +45,7 @@ struct Seen {
 }
 
 #[kq::consumer(conf = "Durable")]
-async fn durable(seen: kq::State<Seen>, _key: &str, value: &str) {
+async fn durable(seen: &kq::State<Seen>, _key: &str, value: &str) {
     seen.values.lock().unwrap().push(value.to_owned());
 }
 

@@ -18,7 +18,7 @@ struct Count(AtomicUsize);
 const SLOW: Duration = Duration::from_millis(300);
 
 #[kq::consumer(conf = "Observed")]
-async fn observed(count: kq::State<Count>, _key: &str, value: &str) -> Result<(), String> {
+async fn observed(count: &kq::State<Count>, _key: &str, value: &str) -> Result<(), String> {
     count.0 .0.fetch_add(1, Ordering::SeqCst);
     match value {
         "bad" => Err("cannot handle it".into()),

@@ -19,7 +19,7 @@ struct Counted {
 }
 
 #[kq::consumer(conf = "Counted")]
-async fn counted(counter: kq::State<Counted>, _msg: &kq::Message) {
+async fn counted(counter: &kq::State<Counted>, _msg: &kq::Message) {
     counter.count.fetch_add(1, Ordering::SeqCst);
 }
 

@@ -15,7 +15,7 @@ struct Config {
 struct AppState;
 
 #[kq::consumer(conf = "Orders")]
-async fn orders(_state: kq::State<AppState>, _key: &str, _value: &str) {}
+async fn orders(_state: &kq::State<AppState>, _key: &str, _value: &str) {}
 
 #[kq::consumer(conf = "Orders", name = "orders_audit")]
 async fn orders_again(_msg: &kq::Message) {}

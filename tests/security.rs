@@ -28,7 +28,7 @@ struct Received {
 }
 
 #[kq::consumer(conf = "Received")]
-async fn received(state: kq::State<Received>, _key: &str, value: &str) {
+async fn received(state: &kq::State<Received>, _key: &str, value: &str) {
     state.values.lock().unwrap().insert(value.to_owned());
 }
 

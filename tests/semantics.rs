@@ -80,7 +80,7 @@ fn pusher(topic: &str) -> Pusher {
 }
 
 #[kq::consumer(conf = "OutOfOrder")]
-async fn out_of_order(member: kq::State<Member>, key: &str, value: &str) {
+async fn out_of_order(member: &kq::State<Member>, key: &str, value: &str) {
     if value == "slow" {
         // Finishes long after everything behind it, unless the test releases it.
         for _ in 0..100 {
@@ -136,7 +136,7 @@ async fn commits_never_pass_a_message_that_has_not_finished() {
 }
 
 #[kq::consumer(conf = "Held")]
-async fn held(member: kq::State<Member>, key: &str, value: &str) -> Result<(), String> {
+async fn held(member: &kq::State<Member>, key: &str, value: &str) -> Result<(), String> {
     let attempt = member.log.attempt(value);
     if value == "stuck" && attempt <= 4 {
         return Err(format!("not yet ({attempt})"));
@@ -174,7 +174,7 @@ async fn force_commit_false_holds_the_message_until_it_succeeds() {
 }
 
 #[kq::consumer(conf = "Interrupted")]
-async fn interrupted(member: kq::State<Member>, key: &str, value: &str) -> Result<(), String> {
+async fn interrupted(member: &kq::State<Member>, key: &str, value: &str) -> Result<(), String> {
     member.log.attempt(value);
     if value == "failing" && !member.log.release.load(Ordering::SeqCst) {
         return Err("not yet".into());
@@ -218,12 +218,12 @@ async fn a_stop_during_a_retry_does_not_let_the_next_message_of_its_key_overtake
 }
 
 #[kq::consumer(conf = "Poisoned")]
-async fn poisoned(_member: kq::State<Member>, _key: &str, value: &str) -> anyhow::Result<()> {
+async fn poisoned(_member: &kq::State<Member>, _key: &str, value: &str) -> anyhow::Result<()> {
     anyhow::bail!("cannot handle {value}")
 }
 
 #[kq::consumer(conf = "DeadLetters")]
-async fn dead_letters(member: kq::State<Member>, msg: &kq::Message, key: &str, value: &str) {
+async fn dead_letters(member: &kq::State<Member>, msg: &kq::Message, key: &str, value: &str) {
     use kq::dead_letter_headers::*;
     let header = |name: &str| msg.headers().get_str(name).unwrap_or("-").to_owned();
     member.log.push(
@@ -331,7 +331,7 @@ async fn a_dead_letter_the_broker_refuses_is_written_again_not_skipped() {
 }
 
 #[kq::consumer(conf = "Rebalanced")]
-async fn rebalanced(member: kq::State<Member>, key: &str, value: &str) {
+async fn rebalanced(member: &kq::State<Member>, key: &str, value: &str) {
     tokio::time::sleep(Duration::from_millis(2)).await;
     member.log.push(member.id, key, value);
 }
@@ -437,7 +437,7 @@ async fn members_joining_and_leaving_while_messages_flow_lose_nothing() {
 }
 
 #[kq::consumer(conf = "Refused")]
-async fn refused_commits(member: kq::State<Member>, key: &str, value: &str) {
+async fn refused_commits(member: &kq::State<Member>, key: &str, value: &str) {
     member.log.push(member.id, key, value);
 }
 
@@ -514,7 +514,7 @@ async fn a_refused_commit_is_sent_again_though_the_watermark_has_not_moved() {
 static OUTAGE_SEEN: AtomicUsize = AtomicUsize::new(0);
 
 #[kq::consumer(conf = "Outage")]
-async fn outage(member: kq::State<Member>, key: &str, value: &str) {
+async fn outage(member: &kq::State<Member>, key: &str, value: &str) {
     OUTAGE_SEEN.fetch_add(1, Ordering::SeqCst);
     member.log.push(member.id, key, value);
 }

@@ -70,7 +70,7 @@ struct Handled {
 }
 
 #[kq::consumer(conf = "Traced")]
-async fn traced(handled: kq::State<Handled>, _msg: &kq::Message) {
+async fn traced(handled: &kq::State<Handled>, _msg: &kq::Message) {
     handled.count.fetch_add(1, Ordering::SeqCst);
 }
 

@@ -22,7 +22,7 @@ struct Seen {
 }
 
 #[kq::consumer(conf = "Traced")]
-async fn traced(seen: kq::State<Seen>, msg: &kq::Message) {
+async fn traced(seen: &kq::State<Seen>, msg: &kq::Message) {
     let trace_id = tracing::Span::current()
         .context()
         .span()

@@ -126,12 +126,12 @@ impl Counter {
 
 /// go-queue's `Consume(key, value)`, doing nothing with them.
 #[kq::consumer(conf = "Noop")]
-async fn noop(counter: kq::State<Counter>, _key: &str, _value: &str) {
+async fn noop(counter: &kq::State<Counter>, _key: &str, _value: &str) {
     counter.hit();
 }
 
 #[kq::consumer(conf = "Waiting")]
-async fn waiting(counter: kq::State<Counter>, _msg: &kq::Message) -> std::io::Result<()> {
+async fn waiting(counter: &kq::State<Counter>, _msg: &kq::Message) -> std::io::Result<()> {
     reply_after(Duration::from_millis(1)).await?;
     counter.hit();
     Ok(())
@@ -211,13 +211,13 @@ async fn reply_after(delay: Duration) -> std::io::Result<()> {
 }
 
 #[kq::consumer(conf = "Slow")]
-async fn slow(counter: kq::State<Counter>, _msg: &kq::Message) {
+async fn slow(counter: &kq::State<Counter>, _msg: &kq::Message) {
     tokio::time::sleep(Duration::from_millis(10)).await;
     counter.hit();
 }
 
 #[kq::consumer(conf = "Latency")]
-async fn latency_probe(counter: kq::State<Counter>, key: &str, _value: &str) {
+async fn latency_probe(counter: &kq::State<Counter>, key: &str, _value: &str) {
     if let Ok(sent_ns) = key.parse::<u128>() {
         let now = now_ns();
         let micros = now.saturating_sub(sent_ns) as f64 / 1000.0;

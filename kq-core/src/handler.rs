@@ -130,9 +130,10 @@ impl<H: Handler + ?Sized> Handler for Arc<H> {
 /// What extractors see besides the message: the application state built by `kq::main!`.
 #[derive(Clone)]
 pub struct HandlerContext {
+    /// A `State<S>`, which a `&State<S>` parameter borrows.
     state: Arc<dyn Any + Send + Sync>,
-    /// The state's type, kept so that a `State<S>` parameter is checked without a call
-    /// through `state`'s vtable for every message.
+    /// `S`, kept so that a `State<S>` parameter is checked without a call through `state`'s
+    /// vtable for every message.
     state_type_id: TypeId,
     state_type: &'static str,
 }
@@ -141,7 +142,7 @@ impl HandlerContext {
     /// A context holding `state`, which `State<S>` parameters read.
     pub fn new<S: Send + Sync + 'static>(state: Arc<S>) -> Self {
         HandlerContext {
-            state,
+            state: Arc::new(State(state)),
             state_type_id: TypeId::of::<S>(),
             state_type: std::any::type_name::<S>(),
         }
@@ -157,14 +158,14 @@ impl HandlerContext {
         self.state_type
     }
 
-    fn state<S: Send + Sync + 'static>(&self) -> Option<Arc<S>> {
+    fn state<S: Send + Sync + 'static>(&self) -> Option<&State<S>> {
         if !self.holds::<S>() {
             return None;
         }
-        let state = Arc::into_raw(self.state.clone());
-        // SAFETY: the pointer comes from an `Arc` that was built as an `Arc<S>` (`new` took
-        // one and `state_type_id` is its type), so it is one as `Arc::downcast` would give.
-        Some(unsafe { Arc::from_raw(state.cast::<S>()) })
+        let state = Arc::as_ptr(&self.state).cast::<State<S>>();
+        // SAFETY: `new` put a `State<S>` behind `state`, and `state_type_id` is `S`, so this
+        // is the reference `downcast_ref::<State<S>>` would give, borrowed from `self`.
+        Some(unsafe { &*state })
     }
 
     fn holds<S: 'static>(&self) -> bool {
@@ -182,12 +183,13 @@ impl fmt::Debug for HandlerContext {
 
 /// A parameter type of a `#[kq::consumer]` function, taken from each message.
 ///
-/// Implemented for [`&Message`](Message), [`State<S>`] and [`Json<T>`]. Two `&str`
+/// Implemented for [`&Message`](Message), [`&State<S>`](State) (and `State<S>` by value) and
+/// [`Json<T>`]. Two `&str`
 /// parameters, go-queue's `(key, value)`, are handled by the macro itself.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be a parameter of a kq consumer",
     label = "unsupported parameter type",
-    note = "a consumer takes `key: &str, value: &str`, `&kq::Message`, `kq::State<S>` or `kq::Json<T>`"
+    note = "a consumer takes `key: &str, value: &str`, `&kq::Message`, `&kq::State<S>` or `kq::Json<T>`"
 )]
 pub trait FromMessage<'a>: Sized {
     /// Whether `from_message` hands on or reads the message's headers; when no parameter of a
@@ -211,12 +213,17 @@ impl<'a> FromMessage<'a> for &'a Message {
 }
 
 /// The application state that `kq::main!` built (the go-zero `ServiceContext`), shared by all
-/// handlers.
+/// handlers. It derefs to the state.
+///
+/// Take it as `&kq::State<S>`: that borrows the queue's own for the handler's run. Taken by
+/// value, it is a clone of the state's `Arc` for every message, counted on one cache line that
+/// the processors on every core write: the more cores, the dearer. Clone it, or its `Arc`, to
+/// keep it past the handler, for a task the handler spawns.
 ///
 /// ```
 /// # struct ServiceContext { greeting: String }
 /// #[kq::consumer(conf = "KqConsumerConf")]
-/// async fn greet(svc: kq::State<ServiceContext>, key: &str, value: &str) {
+/// async fn greet(svc: &kq::State<ServiceContext>, key: &str, value: &str) {
 ///     println!("{} {key}={value}", svc.greeting);
 /// }
 /// ```
@@ -242,14 +249,26 @@ impl<S: fmt::Debug> fmt::Debug for State<S> {
     }
 }
 
-impl<'a, S: Send + Sync + 'static> FromMessage<'a> for State<S> {
+impl<'a, S: Send + Sync + 'static> FromMessage<'a> for &'a State<S> {
     const READS_HEADERS: bool = false;
 
     fn from_message(_: &'a Message, ctx: &'a HandlerContext) -> Result<Self, HandlerError> {
-        ctx.state::<S>().map(State).ok_or_else(|| {
+        ctx.state::<S>().ok_or_else(|| {
             // `check` refuses this at startup; reaching it means a queue was built by hand.
             HandlerError::decode(state_mismatch::<S>(ctx))
         })
+    }
+
+    fn check(ctx: &HandlerContext) -> Result<(), String> {
+        <State<S> as FromMessage<'a>>::check(ctx)
+    }
+}
+
+impl<'a, S: Send + Sync + 'static> FromMessage<'a> for State<S> {
+    const READS_HEADERS: bool = false;
+
+    fn from_message(msg: &'a Message, ctx: &'a HandlerContext) -> Result<Self, HandlerError> {
+        <&State<S>>::from_message(msg, ctx).cloned()
     }
 
     fn check(ctx: &HandlerContext) -> Result<(), String> {

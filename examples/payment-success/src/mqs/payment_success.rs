@@ -4,7 +4,7 @@ use crate::svc::ServiceContext;
 
 #[kq::consumer(conf = "KqConsumerConf")]
 async fn payment_success(
-    svc: kq::State<ServiceContext>,
+    svc: &kq::State<ServiceContext>,
     key: &str,
     val: &str,
 ) -> anyhow::Result<()> {

@@ -13,13 +13,19 @@ struct Payment<'a> {
 
 #[kq::consumer(conf = "Payments", name = "payments")]
 async fn with_state_and_json(
-    svc: kq::State<ServiceContext>,
+    svc: &kq::State<ServiceContext>,
     kq::Json(payment): kq::Json<Payment<'_>>,
     msg: &kq::Message,
 ) -> Result<(), String> {
     svc.handled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     println!("{} at {}/{}", payment.order, msg.partition(), msg.offset());
     Ok(())
+}
+
+// By value, the state is the caller's to keep: here past the handler, on another thread.
+#[kq::consumer(conf = "Owned")]
+async fn owned_state(svc: kq::State<ServiceContext>, _key: &str, _value: &str) {
+    std::thread::spawn(move || svc.handled.load(std::sync::atomic::Ordering::Relaxed));
 }
 
 #[kq::consumer(conf = "Plain")]
@@ -37,5 +43,5 @@ async fn r#async(_key: &str, _value: &str) {}
 
 fn main() {
     let names: Vec<_> = kq::ConsumerRegistration::all().iter().map(|r| r.name).collect();
-    assert_eq!(names, ["async", "io_error", "payments", "returns_unit"]);
+    assert_eq!(names, ["async", "io_error", "owned_state", "payments", "returns_unit"]);
 }
