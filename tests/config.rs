@@ -494,3 +494,19 @@ fn a_telemetry_endpoint_with_a_path_is_refused() {
         "{e}"
     );
 }
+
+#[cfg(not(feature = "opentelemetry"))]
+#[test]
+fn a_telemetry_endpoint_needs_the_opentelemetry_feature() {
+    let yaml = SEED.replace(
+        "  Offset: first\n",
+        "  Offset: first\n  Telemetry: {Endpoint: \"127.0.0.1:4318\"}\n",
+    );
+    let e = load_err("mq.yaml", &yaml);
+    assert!(
+        e.contains(
+            "`KqConsumerConf.Telemetry.Endpoint` needs kq built with its `opentelemetry` feature"
+        ),
+        "{e}"
+    );
+}

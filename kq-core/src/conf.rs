@@ -323,12 +323,6 @@ impl TelemetryConf {
         if !self.exports() {
             return Ok(());
         }
-        if !cfg!(feature = "opentelemetry") {
-            return Err(InvalidConf::new(
-                "Telemetry.Endpoint",
-                "needs kq built with its `opentelemetry` feature",
-            ));
-        }
         let endpoint = self.endpoint.trim();
         if endpoint.starts_with("https://") {
             return Err(InvalidConf::new(
@@ -350,6 +344,13 @@ impl TelemetryConf {
             return Err(InvalidConf::new(
                 "Telemetry.OtlpHttpPath",
                 "must start with `/`",
+            ));
+        }
+        // Last, so that an endpoint of the wrong form is named as such in every build.
+        if !cfg!(feature = "opentelemetry") {
+            return Err(InvalidConf::new(
+                "Telemetry.Endpoint",
+                "needs kq built with its `opentelemetry` feature",
             ));
         }
         Ok(())

@@ -289,8 +289,6 @@ mod tests {
     use super::*;
     use crate::broker::EmbeddedBroker;
 
-    const TOPIC: &str = "fetched-unit";
-
     fn config() -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set(
@@ -300,16 +298,17 @@ mod tests {
         config
     }
 
-    fn fill(partitions: i32, per_partition: usize) {
+    /// Fills `topic`, a topic of the test's own: the tests of one process share the broker.
+    fn fill(topic: &str, partitions: i32, per_partition: usize) {
         EmbeddedBroker::get()
             .unwrap()
-            .create_topic(TOPIC, partitions)
+            .create_topic(topic, partitions)
             .unwrap();
         let producer: BaseProducer = config().create().unwrap();
         for partition in 0..partitions {
             for i in 0..per_partition {
                 let key = format!("{partition}-{i}");
-                let record = BaseRecord::to(TOPIC)
+                let record = BaseRecord::to(topic)
                     .key(&key)
                     .payload("v")
                     .partition(partition);
@@ -319,10 +318,10 @@ mod tests {
         producer.flush(Duration::from_secs(10)).unwrap();
     }
 
-    fn from_start(partitions: i32) -> TopicPartitionList {
+    fn from_start(topic: &str, partitions: i32) -> TopicPartitionList {
         let mut list = TopicPartitionList::new();
         for partition in 0..partitions {
-            list.add_partition_offset(TOPIC, partition, Offset::Beginning)
+            list.add_partition_offset(topic, partition, Offset::Beginning)
                 .unwrap();
         }
         list
@@ -357,12 +356,13 @@ mod tests {
 
     #[test]
     fn assigned_partitions_arrive_on_the_fetch_queue_and_again_after_a_reassignment() {
-        fill(2, 5);
-        let consumer = consumer("fetched-unit");
-        let queue = FetchQueue::new(&consumer, TOPIC).unwrap();
+        let topic = "fetched-unit-reassigned";
+        fill(topic, 2, 5);
+        let consumer = consumer(topic);
+        let queue = FetchQueue::new(&consumer, topic).unwrap();
 
         queue.forward(&[0, 1]);
-        consumer.assign(&from_start(2)).unwrap();
+        consumer.assign(&from_start(topic, 2)).unwrap();
         // Routing a routed partition again changes nothing: each message comes once.
         queue.route_again();
         assert_eq!(take_for(&queue, 11, Duration::from_secs(2)), 10);
@@ -376,7 +376,7 @@ mod tests {
         consumer.unassign().unwrap();
         thread::sleep(Duration::from_millis(500));
         queue.forward(&[0, 1]);
-        consumer.assign(&from_start(2)).unwrap();
+        consumer.assign(&from_start(topic, 2)).unwrap();
         assert_eq!(take_all(&queue, 10), 10);
 
         drop(queue);
@@ -384,9 +384,10 @@ mod tests {
 
     #[test]
     fn messages_left_in_a_partition_queue_are_routed_again() {
-        fill(2, 5);
-        let consumer = consumer("fetched-unit-stranded");
-        let queue = FetchQueue::new(&consumer, TOPIC).unwrap();
+        let topic = "fetched-unit-stranded";
+        fill(topic, 2, 5);
+        let consumer = consumer(topic);
+        let queue = FetchQueue::new(&consumer, topic).unwrap();
         queue.forward(&[0, 1]);
         // Routed nowhere, as a stop landing after the route would leave them: the
         // partitions' messages wait in their own queues.
@@ -402,7 +403,7 @@ mod tests {
                 rdsys::rd_kafka_queue_destroy(own);
             }
         }
-        consumer.assign(&from_start(2)).unwrap();
+        consumer.assign(&from_start(topic, 2)).unwrap();
         assert_eq!(take_for(&queue, 10, Duration::from_secs(1)), 0);
 
         queue.route_again();
@@ -413,14 +414,15 @@ mod tests {
 
     #[test]
     fn an_event_on_the_consumer_queue_ends_a_wait_for_messages() {
+        let topic = "fetched-unit-events";
         EmbeddedBroker::get()
             .unwrap()
-            .create_topic(TOPIC, 2)
+            .create_topic(topic, 2)
             .unwrap();
-        let consumer = consumer("fetched-unit-events");
-        let queue = FetchQueue::new(&consumer, TOPIC).unwrap();
+        let consumer = consumer(topic);
+        let queue = FetchQueue::new(&consumer, topic).unwrap();
         // Joining the group puts the assignment on the consumer queue.
-        consumer.subscribe(&[TOPIC]).unwrap();
+        consumer.subscribe(&[topic]).unwrap();
         let started = Instant::now();
         let mut taken = Taken::default();
         queue.take(&mut taken, 1, Duration::from_secs(60));
