@@ -39,6 +39,11 @@ KqConsumerConf:
   Processors: 8
 ";
 
+/// The seed with `keys` (whole lines, indented) added to its `KqConsumerConf`.
+fn seed_with(keys: &str) -> String {
+    SEED.replace("  Offset: first\n", &format!("  Offset: first\n{keys}"))
+}
+
 struct TempFile(PathBuf);
 
 impl TempFile {
@@ -161,10 +166,8 @@ KqConsumerConf:
 
 #[test]
 fn the_password_stays_out_of_debug_output() {
-    let yaml = SEED.replace(
-        "  Offset: first\n",
-        "  Offset: first\n  Username: u\n  Password: hunter2\n  \
-         Telemetry: {OtlpHeaders: {api-key: hunter2}}\n",
+    let yaml = seed_with(
+        "  Username: u\n  Password: hunter2\n  Telemetry: {OtlpHeaders: {api-key: hunter2}}\n",
     );
     let config = load("mq.yaml", &yaml).unwrap();
     let debug = format!("{config:?}");
@@ -257,10 +260,7 @@ fn offset_accepts_only_first_or_last() {
 
 #[test]
 fn a_bad_duration_names_the_key_and_the_form() {
-    let yaml = SEED.replace(
-        "  Offset: first\n",
-        "  Offset: first\n  CommitInterval: soon\n",
-    );
+    let yaml = seed_with("  CommitInterval: soon\n");
     let e = load_err("mq.yaml", &yaml);
     assert!(
         e.contains("mq.yaml") && e.contains("KqConsumerConf.CommitInterval"),
@@ -286,15 +286,8 @@ fn impossible_values_name_the_key() {
 
 #[test]
 fn values_beyond_what_their_setting_takes_name_the_key() {
-    let consumer = |key_and_value: &str| {
-        load_err(
-            "mq.yaml",
-            &SEED.replace(
-                "  Offset: first\n",
-                &format!("  Offset: first\n  {key_and_value}\n"),
-            ),
-        )
-    };
+    let consumer =
+        |key_and_value: &str| load_err("mq.yaml", &seed_with(&format!("  {key_and_value}\n")));
     for (yaml, expected) in [
         (
             "MaxWait: 10m",
@@ -365,9 +358,8 @@ fn values_beyond_what_their_setting_takes_name_the_key() {
     }
 
     // The limits themselves are accepted.
-    let at_limits = SEED.replace(
-        "  Offset: first\n",
-        "  Offset: first\n  MaxWait: 5m\n  SessionTimeout: 1h\n  ShutdownTimeout: 5m\n  \
+    let at_limits = seed_with(
+        "  MaxWait: 5m\n  SessionTimeout: 1h\n  ShutdownTimeout: 5m\n  \
          Retry: {Backoff: 24h, MaxBackoff: 24h}\n",
     );
     load("mq.yaml", &at_limits).unwrap();
@@ -415,12 +407,10 @@ fn security_keys_are_read_for_consumers_and_pushers() {
         "  CaFile: {ca}\n  CertFile: {ca}\n  KeyFile: {ca}\n  InsecureSkipVerify: true\n  \
          Username: u\n  Password: p\n  Mechanism: SCRAM-SHA-512\n"
     );
-    let yaml = SEED
-        .replace("  Offset: first\n", &format!("  Offset: first\n{security}"))
-        .replace(
-            "  Topic: payment-success\n\n",
-            &format!("  Topic: payment-success\n{security}\n"),
-        );
+    let yaml = seed_with(&security).replace(
+        "  Topic: payment-success\n\n",
+        &format!("  Topic: payment-success\n{security}\n"),
+    );
     let config = load("mq.yaml", &yaml).unwrap();
     let c = &config.kq_consumer_conf;
     let p = &config.kq_pusher_conf;
@@ -452,16 +442,14 @@ fn security_keys_are_read_for_consumers_and_pushers() {
 
 #[test]
 fn security_mistakes_name_the_key() {
-    let with = |keys: &str| SEED.replace("  Offset: first\n", &format!("  Offset: first\n{keys}"));
-
-    let e = load_err("mq.yaml", &with("  Mechanism: SCRAM-SHA-1\n"));
+    let e = load_err("mq.yaml", &seed_with("  Mechanism: SCRAM-SHA-1\n"));
     assert!(e.contains("KqConsumerConf.Mechanism"), "{e}");
     assert!(
         e.contains("SCRAM-SHA-256") && e.contains("SCRAM-SHA-512"),
         "{e}"
     );
 
-    let e = load_err("mq.yaml", &with("  CaFile: /nonexistent/ca.pem\n"));
+    let e = load_err("mq.yaml", &seed_with("  CaFile: /nonexistent/ca.pem\n"));
     assert!(
         e.contains("`KqConsumerConf.CaFile` cannot be read from `/nonexistent/ca.pem`"),
         "{e}"
@@ -470,24 +458,21 @@ fn security_mistakes_name_the_key() {
     let key = TempFile::new("client.key", "");
     let e = load_err(
         "mq.yaml",
-        &with(&format!("  KeyFile: {}\n", key.0.display())),
+        &seed_with(&format!("  KeyFile: {}\n", key.0.display())),
     );
     assert!(
         e.contains("`KqConsumerConf.CertFile` is needed with `KeyFile`"),
         "{e}"
     );
 
-    let e = load_err("mq.yaml", &with("  Mechanism: SCRAM-SHA-256\n"));
+    let e = load_err("mq.yaml", &seed_with("  Mechanism: SCRAM-SHA-256\n"));
     assert!(e.contains("`KqConsumerConf.Username` must be set"), "{e}");
 }
 
 #[test]
 fn a_telemetry_endpoint_with_a_path_is_refused() {
     // go-zero's default batcher is Jaeger, whose endpoint is a URL with a path.
-    let yaml = SEED.replace(
-        "  Offset: first\n",
-        "  Offset: first\n  Telemetry: {Endpoint: \"http://jaeger:14268/api/traces\"}\n",
-    );
+    let yaml = seed_with("  Telemetry: {Endpoint: \"http://jaeger:14268/api/traces\"}\n");
     let e = load_err("mq.yaml", &yaml);
     assert!(
         e.contains("`KqConsumerConf.Telemetry.Endpoint` must be `host:port`"),
@@ -498,10 +483,7 @@ fn a_telemetry_endpoint_with_a_path_is_refused() {
 #[cfg(not(feature = "opentelemetry"))]
 #[test]
 fn a_telemetry_endpoint_needs_the_opentelemetry_feature() {
-    let yaml = SEED.replace(
-        "  Offset: first\n",
-        "  Offset: first\n  Telemetry: {Endpoint: \"127.0.0.1:4318\"}\n",
-    );
+    let yaml = seed_with("  Telemetry: {Endpoint: \"127.0.0.1:4318\"}\n");
     let e = load_err("mq.yaml", &yaml);
     assert!(
         e.contains(
