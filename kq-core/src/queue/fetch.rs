@@ -97,15 +97,15 @@ pub(crate) fn spawn_member(
         }
     };
 
-    let (dispatcher, lanes) = Dispatcher::new(
+    let (dispatcher, intakes) = Dispatcher::new(
         conf.processors,
         conf.effective_ordering(),
         conf.queue_capacity,
         member.in_flight.clone(),
         member.buffers.clone(),
     );
-    for lane in lanes {
-        tokio::spawn(processor::run(queue.clone(), lane, shutdown.clone()));
+    for intake in intakes {
+        tokio::spawn(processor::run(queue.clone(), intake, shutdown.clone()));
     }
     tokio::spawn(dispatch::announcer(&dispatcher));
 

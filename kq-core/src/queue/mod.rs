@@ -5,7 +5,8 @@
 //! 1. `fetch`: each group member (`Conns`) takes batches from librdkafka on a thread of its
 //!    own into its `stash`, a line per partition, which reads ahead a bounded amount while
 //!    the queue is full and then stops taking;
-//! 2. `dispatch`: routes the message to a processor lane by key (per-key order);
+//! 2. `dispatch`: routes the message to a lane by key (per-key order); a free processor
+//!    takes the next lane with work, and a lane runs on one processor at a time;
 //! 3. `processor`: runs the handler under the error policy (retries, dead letters, panics),
 //!    timed for the metrics by `timing`;
 //! 4. `offsets`: tracks what is done per partition and yields the gap-free watermark;

@@ -14,7 +14,7 @@ use futures_util::FutureExt as _;
 use rdkafka::message::{Header, OwnedHeaders};
 use tracing::Instrument as _;
 
-use super::dispatch::Lane;
+use super::dispatch::Intake;
 use super::offsets::PartitionState;
 use super::timing::Recorder;
 use super::{Outcome, QueueShared};
@@ -48,14 +48,14 @@ enum Settled {
     Abandoned,
 }
 
-/// Runs messages from one lane, one at a time, until the lane closes.
+/// Runs the messages of the lanes it takes, one at a time, until the lanes close.
 ///
 /// Application code runs under guards of its own, so a panic that reaches this far is kq's, or
-/// comes from what kq calls on the way (a `tracing` subscriber). It is logged here; the lane
+/// comes from what kq calls on the way (a `tracing` subscriber). It is logged here; the intake
 /// drops with the processor, and its member stops when it sees that.
-pub(crate) async fn run(queue: Arc<QueueShared>, lane: Lane, shutdown: Shutdown) {
+pub(crate) async fn run(queue: Arc<QueueShared>, intake: Intake, shutdown: Shutdown) {
     let name = queue.name.clone();
-    if let Err(panic) = AssertUnwindSafe(run_lane(queue, lane, shutdown))
+    if let Err(panic) = AssertUnwindSafe(run_lanes(queue, intake, shutdown))
         .catch_unwind()
         .await
     {
@@ -67,17 +67,17 @@ pub(crate) async fn run(queue: Arc<QueueShared>, lane: Lane, shutdown: Shutdown)
     }
 }
 
-async fn run_lane(queue: Arc<QueueShared>, mut lane: Lane, shutdown: Shutdown) {
+async fn run_lanes(queue: Arc<QueueShared>, mut intake: Intake, shutdown: Shutdown) {
     // Offsets done and not yet reported to their partition: reported once per run of
     // messages, or before waiting on a handler, rather than one lock per message.
     let mut finished = Vec::new();
-    // Buffers of the messages done with, for their lane to release, and the runs' emptied
+    // Buffers of the messages done with, for the intake to release, and the runs' emptied
     // message vectors.
     let mut released = Vec::new();
     let mut emptied = Vec::new();
     let mut recorder = Recorder::new(queue.clone());
     let mut runs = Vec::new();
-    while lane.next(&mut runs).await {
+    while intake.next(&mut runs).await {
         for mut run in runs.drain(..) {
             let partition = &run.partition;
             partition.enter(run.msgs.len());
@@ -106,7 +106,7 @@ async fn run_lane(queue: Arc<QueueShared>, mut lane: Lane, shutdown: Shutdown) {
                         Poll::Pending => {
                             let started = recorder.started();
                             // The handler waits: what is done must not wait behind it.
-                            report(partition, &mut finished, &lane, &mut released);
+                            report(partition, &mut finished, &intake, &mut released);
                             recorder.report();
                             match running.as_mut().await {
                                 Ok(()) => FirstRun::Waited { started },
@@ -134,7 +134,7 @@ async fn run_lane(queue: Arc<QueueShared>, mut lane: Lane, shutdown: Shutdown) {
                         span,
                     } => {
                         // The error policy may wait: what is done must not wait behind it.
-                        report(partition, &mut finished, &lane, &mut released);
+                        report(partition, &mut finished, &intake, &mut released);
                         recorder.report();
                         let settled = recover(&queue, partition, &msg, &shutdown, started, error)
                             .instrument(span)
@@ -162,8 +162,8 @@ async fn run_lane(queue: Arc<QueueShared>, mut lane: Lane, shutdown: Shutdown) {
         // Once per hand-off rather than per run: a hand-off holds a run per partition, often
         // of a few messages each, and these take locks the fetch thread and the other
         // processors share.
-        lane.done(&mut released);
-        lane.recycle(&mut emptied);
+        intake.done(&mut released);
+        intake.recycle(&mut emptied);
         recorder.report();
     }
 }
@@ -186,12 +186,12 @@ enum FirstRun {
 fn report(
     partition: &PartitionState,
     finished: &mut Vec<i64>,
-    lane: &Lane,
+    intake: &Intake,
     released: &mut Vec<Vec<u8>>,
 ) {
     partition.finish_all(finished);
     finished.clear();
-    lane.done(released);
+    intake.done(released);
 }
 
 /// Applies the error policy to a message whose handler failed with `error` on its first run,
