@@ -504,31 +504,49 @@ mod tests {
         }
     }
 
-    /// The partitions and offsets of the messages every processor took up, in the order they
-    /// were taken up, and the partitions of the messages running now.
+    /// A message taken up: its partition, offset and key.
+    type TakenUp = (i32, i64, Option<Vec<u8>>);
+
+    /// The messages every processor took up, in the order they were taken up, and what must
+    /// run one at a time that runs now.
     #[derive(Default)]
     struct Taken {
-        log: Mutex<Vec<(i32, i64)>>,
-        running: Mutex<HashSet<i32>>,
+        log: Mutex<Vec<TakenUp>>,
+        running: Mutex<HashSet<Vec<u8>>>,
     }
 
     impl Taken {
-        fn offsets_of(&self, partition: i32) -> Vec<i64> {
+        fn offsets_where(&self, wanted: impl Fn(i32, Option<&[u8]>) -> bool) -> Vec<i64> {
             let log = lock(&self.log);
             log.iter()
-                .filter(|(p, _)| *p == partition)
-                .map(|(_, offset)| *offset)
+                .filter(|(partition, _, key)| wanted(*partition, key.as_deref()))
+                .map(|(_, offset, _)| *offset)
                 .collect()
+        }
+
+        fn offsets_of(&self, partition: i32) -> Vec<i64> {
+            self.offsets_where(|p, _| p == partition)
         }
     }
 
-    /// A processor of these tests: takes up each message it is handed, yields as a handler
-    /// that waits would, and checks that no other message of the partition runs meanwhile
-    /// when `one_per_partition`. It stops for good at the offset `stuck_at`.
+    /// What must run one at a time under `ordering`: the message's key (its partition when
+    /// it has none), its partition, or nothing.
+    fn order_unit(ordering: Ordering, msg: &Message) -> Option<Vec<u8>> {
+        let partition = || msg.partition().to_be_bytes().to_vec();
+        match ordering {
+            Ordering::Key => Some(msg.key().map_or_else(partition, <[u8]>::to_vec)),
+            Ordering::Partition => Some(partition()),
+            Ordering::None => None,
+        }
+    }
+
+    /// A processor of these tests: takes up each message it is handed, yields as handlers
+    /// that wait would, and checks that nothing else that must run one at a time with it
+    /// runs meanwhile. It stops for good at the offset `stuck_at`.
     async fn process(
         mut intake: Intake,
         taken: Arc<Taken>,
-        one_per_partition: bool,
+        ordering: Ordering,
         stuck_at: Option<i64>,
     ) -> usize {
         let mut handled = 0;
@@ -537,17 +555,21 @@ mod tests {
             let mut emptied = Vec::new();
             for mut run in runs.drain(..) {
                 for msg in run.msgs.drain(..) {
-                    let partition = msg.partition();
-                    lock(&taken.log).push((partition, msg.offset()));
+                    let key = msg.key().map(<[u8]>::to_vec);
+                    lock(&taken.log).push((msg.partition(), msg.offset(), key));
                     if Some(msg.offset()) == stuck_at {
                         std::future::pending::<()>().await;
                     }
-                    if one_per_partition {
-                        let first = lock(&taken.running).insert(partition);
-                        assert!(first, "two messages of partition {partition} ran at once");
+                    let unit = order_unit(ordering, &msg);
+                    if let Some(unit) = &unit {
+                        let first = lock(&taken.running).insert(unit.clone());
+                        assert!(first, "two messages of {unit:?} ran at once");
                     }
-                    tokio::task::yield_now().await;
-                    lock(&taken.running).remove(&partition);
+                    // Long enough for hand-offs to come in while the message runs.
+                    tokio::time::sleep(Duration::from_micros(100)).await;
+                    if let Some(unit) = &unit {
+                        lock(&taken.running).remove(unit);
+                    }
                     handled += 1;
                 }
                 emptied.push(run.msgs);
@@ -567,10 +589,9 @@ mod tests {
             Dispatcher::new(processors, ordering, 1000, Arc::default(), Arc::default());
         tokio::spawn(announcer(&dispatcher));
         let taken = Arc::new(Taken::default());
-        let one_per_partition = ordering == Ordering::Partition;
         let tasks = intakes
             .into_iter()
-            .map(|intake| tokio::spawn(process(intake, taken.clone(), one_per_partition, stuck_at)))
+            .map(|intake| tokio::spawn(process(intake, taken.clone(), ordering, stuck_at)))
             .collect();
         (dispatcher, taken, tasks)
     }
@@ -613,6 +634,32 @@ mod tests {
         assert_eq!(handled.iter().sum::<usize>(), 1200);
         for partition in 0..4 {
             assert_eq!(taken.offsets_of(partition), (0..300).collect::<Vec<_>>());
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_runs_in_order_one_message_at_a_time_across_partitions_and_processors() {
+        let (mut dispatcher, taken, tasks) = start(8, Ordering::Key, None);
+        let partitions: Vec<_> = (0..2).map(PartitionState::new).collect();
+        let key_of = |offset: i64| format!("key-{}", offset % 40);
+        for offset in 0..2000 {
+            let number = (offset / 7 % 2) as i32;
+            let msg = Message::new("t", number, offset).with_key(key_of(offset));
+            dispatcher.dispatch(&partitions[number as usize], msg);
+            if offset % 50 == 0 {
+                dispatcher.flush();
+                // Hand-offs keep coming while the processors are in the middle of their lanes.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        dispatcher.flush();
+        let handled = handled(dispatcher, tasks).await;
+        assert_eq!(handled.iter().sum::<usize>(), 2000);
+        for k in 0..40 {
+            let key = key_of(k);
+            let got = taken.offsets_where(|_, got| got == Some(key.as_bytes()));
+            let sent: Vec<i64> = (0..2000).filter(|o| key_of(*o) == key).collect();
+            assert_eq!(got, sent, "{key}");
         }
     }
 
