@@ -153,15 +153,14 @@ impl Intake {
     pub async fn next(&mut self, runs: &mut Vec<Run>) -> bool {
         let lanes = &*self.lanes;
         // A lane left with runs goes to the back of the ready queue, behind those waiting.
-        let requeued = self.held.take().filter(|&held| {
+        let mut put_back = self.held.take().filter(|&held| {
             let mut lane = lock(&lanes.lanes[held]);
             lane.scheduled = !lane.runs.is_empty();
             lane.scheduled
         });
-        if let Some(held) = requeued {
+        if let Some(held) = put_back {
             lock(&lanes.ready).push_back(held);
         }
-        let mut put_back = requeued;
         loop {
             let mut woken = pin!(lanes.work.notified());
             // Registered before the lanes are read, so that a wake after the read is not lost.

@@ -55,8 +55,8 @@ const WINDOW_CHECK: Duration = Duration::from_micros(200);
 /// `QueueCapacity`. librdkafka hands over messages a partition at a time, up to a fetch
 /// response's worth, so most of the queue is often one partition's; under key ordering they
 /// spread over every lane, and the partition's watermark waits for the busiest one. A window
-/// no larger than the queue left the other processors idle meanwhile. The window holds offsets, 16
-/// bytes each; the messages themselves stay bounded by `QueueCapacity`.
+/// no larger than the queue left the other processors idle meanwhile. The window holds
+/// offsets, 16 bytes each; the messages themselves stay bounded by `QueueCapacity`.
 const WINDOW_PER_CAPACITY: usize = 4;
 /// librdkafka's `fetch.queue.backoff.ms` for kq consumers.
 const FETCH_QUEUE_BACKOFF_MS: &str = "10";

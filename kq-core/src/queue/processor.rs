@@ -159,9 +159,9 @@ async fn run_lanes(queue: Arc<QueueShared>, mut intake: Intake, shutdown: Shutdo
             partition.skip(skipped);
             emptied.push(run.msgs);
         }
-        // Once per hand-off rather than per run: a hand-off holds a run per partition, often
-        // of a few messages each, and these take locks the fetch thread and the other
-        // processors share.
+        // Once per lane taken rather than per run: a lane's runs are one per partition and
+        // hand-off, often of a few messages each, and these take locks the fetch thread and
+        // the other processors share.
         intake.done(&mut released);
         intake.recycle(&mut emptied);
         recorder.report();
