@@ -1,7 +1,7 @@
-//! Across a broker restart: with tansu on sqlite storage, what was pushed and what a group
-//! committed are still there, so a consumer resumes exactly where it stopped. Runs in the
-//! real-broker suite (`scripts/test.sh --real`), which has tansu installed; it starts and
-//! stops its own sqlite-backed broker with `scripts/broker.sh`.
+//! Across a broker restart: what was pushed and what a group committed are still there, so a
+//! consumer resumes exactly where it stopped. Runs in the real-broker suite
+//! (`scripts/test.sh --real`); it starts, stops and starts again a Kafka broker of its own
+//! with `scripts/broker.sh`, leaving the suite's shared one alone.
 
 mod common;
 
@@ -17,9 +17,12 @@ fn broker_script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/broker.sh")
 }
 
-fn sqlite_broker(command: &str) -> String {
+/// The broker instance this test restarts.
+const INSTANCE: &str = "durability";
+
+fn own_broker(command: &str) -> String {
     let output = Command::new(broker_script())
-        .args([command, "sqlite"])
+        .args([command, INSTANCE])
         .output()
         .expect("run scripts/broker.sh");
     assert!(
@@ -30,12 +33,12 @@ fn sqlite_broker(command: &str) -> String {
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
-/// Stops the sqlite broker however the test ends.
+/// Stops the test's broker, and deletes its data, however the test ends.
 struct Stop;
 
 impl Drop for Stop {
     fn drop(&mut self) {
-        sqlite_broker("down");
+        own_broker("wipe");
     }
 }
 
@@ -83,7 +86,7 @@ async fn pushed_messages_and_committed_offsets_survive_a_broker_restart() {
         return;
     }
     let _stop = Stop;
-    let brokers = sqlite_broker("up");
+    let brokers = own_broker("up");
     let topic = unique("durable");
     let group = unique("durable-group");
     kq::create_topic(std::slice::from_ref(&brokers), &topic, 2)
@@ -93,8 +96,8 @@ async fn pushed_messages_and_committed_offsets_survive_a_broker_restart() {
     let first = consume(&brokers, &group, &topic, 10).await;
     assert_eq!(first.len(), 10, "{first:?}");
 
-    sqlite_broker("down");
-    let brokers = sqlite_broker("up");
+    own_broker("down");
+    let brokers = own_broker("up");
     push(&brokers, &topic, (0..5).map(|i| format!("after-{i}"))).await;
     let second = consume(&brokers, &group, &topic, 5).await;
     let mut second_sorted = second.clone();
