@@ -294,6 +294,10 @@ fn values_beyond_what_their_setting_takes_name_the_key() {
             "`KqConsumerConf.MaxWait` must be at most 5m0s, got 10m0s",
         ),
         (
+            "CommitInterval: 25h",
+            "`KqConsumerConf.CommitInterval` must be at most 24h0m0s",
+        ),
+        (
             "SessionTimeout: 0s",
             "`KqConsumerConf.SessionTimeout` must be at least 1ms",
         ),
@@ -359,7 +363,7 @@ fn values_beyond_what_their_setting_takes_name_the_key() {
 
     // The limits themselves are accepted.
     let at_limits = seed_with(
-        "  MaxWait: 5m\n  SessionTimeout: 1h\n  ShutdownTimeout: 5m\n  \
+        "  MaxWait: 5m\n  CommitInterval: 24h\n  SessionTimeout: 1h\n  ShutdownTimeout: 5m\n  \
          Retry: {Backoff: 24h, MaxBackoff: 24h}\n",
     );
     load("mq.yaml", &at_limits).unwrap();

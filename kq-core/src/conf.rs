@@ -13,6 +13,9 @@ use serde::Deserialize;
 
 use crate::broker::Connection;
 
+/// The longest `CommitInterval`: librdkafka's bound for `auto.commit.interval.ms`.
+pub(crate) const MAX_COMMIT_INTERVAL: Duration = Duration::from_secs(86_400);
+
 /// Where a consumer group with no committed offset (or an out-of-range one) starts reading.
 ///
 /// YAML accepts exactly `first` or `last`, as go-queue does.
@@ -558,8 +561,10 @@ impl KqConf {
         count_at_most("MaxBytes", self.max_bytes, 2_147_483_135)?;
         at_least("Retry.Attempts", self.retry.attempts as usize, 1)?;
         self.retry.validate()?;
-        // librdkafka's ranges for `fetch.wait.max.ms` and `session.timeout.ms`.
+        // librdkafka's ranges for `fetch.wait.max.ms`, `auto.commit.interval.ms` and
+        // `session.timeout.ms`.
         at_most("MaxWait", self.max_wait, Duration::from_secs(300))?;
+        at_most("CommitInterval", self.commit_interval, MAX_COMMIT_INTERVAL)?;
         if self.session_timeout < Duration::from_millis(1) {
             return Err(InvalidConf::new(
                 "SessionTimeout",

@@ -1,112 +1,402 @@
-//! Committing watermarks: asynchronously on `CommitInterval`, synchronously when partitions
-//! are released or the member stops.
+//! Committing watermarks, so that a restart or a partition's next owner resumes after the
+//! messages already handled, and never after one that is not.
+//!
+//! - While a member owns partitions, the fetch loop stores their watermarks as they move
+//!   (`store_moved`) and librdkafka's auto-commit sends them every `CommitInterval`. It sends
+//!   nothing while the group rebalances, when a commit carries a generation about to change
+//!   and can only be refused.
+//! - A partition given up (revoked, or the member stopping) is committed by kq itself, which
+//!   waits for the broker's answer (`save`): a refusal that a rebalance explains is sent again
+//!   once librdkafka has rejoined the group, a transient one after a pause, until the
+//!   deadline.
+//! - A partition lost (the group moved on without this member) is never committed (`forget`):
+//!   its next owner may be past it already.
 
 use std::ptr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rdkafka::bindings as rdsys;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext};
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::offsets::PartitionState;
 use crate::observe::ConsumerMetrics;
 
-/// Commits the watermarks that moved since the last commit, without waiting. The broker's
-/// answer reaches the member's `commit_callback`, which counts the commit or has a refused
-/// watermark sent again.
-pub(crate) fn commit_moved<C: ConsumerContext>(
+/// How long a commit that meets a deadline already passed still gets: a member that spent its
+/// `ShutdownTimeout` waiting for a handler still tries once.
+const LAST_TRY: Duration = Duration::from_secs(1);
+/// The first pause between two tries of a refused commit; it doubles up to `MAX_PAUSE`.
+const FIRST_PAUSE: Duration = Duration::from_millis(50);
+const MAX_PAUSE: Duration = Duration::from_millis(500);
+
+/// Stores the watermarks that moved since the last call, for librdkafka's next auto-commit.
+pub(crate) fn store_moved<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
     states: &[Arc<PartitionState>],
 ) {
-    let list = offsets(topic, states, PartitionState::take_commit);
-    if list.count() == 0 {
-        return;
-    }
-    match commit_async(consumer, &list) {
-        Ok(()) => {}
-        Err(e) => {
-            tracing::warn!(topic, error = %e, "commit failed; it is sent again at the next commit");
-            for element in list.elements() {
-                if let (Offset::Offset(offset), Some(state)) = (
-                    element.offset(),
-                    states.iter().find(|s| s.partition() == element.partition()),
-                ) {
-                    state.commit_failed(offset);
-                }
-            }
-        }
-    }
-}
-
-/// Commits the current watermarks and waits for the broker to confirm; counts the confirmed
-/// commit in `metrics`.
-pub(crate) fn commit_sync<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    topic: &str,
-    states: &[Arc<PartitionState>],
-    metrics: Option<&ConsumerMetrics>,
-) {
-    let list = offsets(topic, states, PartitionState::watermark);
-    if list.count() == 0 {
-        return;
-    }
-    match consumer.commit(&list, CommitMode::Sync) {
-        Ok(()) => {
-            tracing::debug!(topic, offsets = ?list, "committed");
-            if let Some(metrics) = metrics {
-                metrics.committed();
-            }
-        }
-        Err(e) => tracing::warn!(
-            topic,
-            error = %e,
-            "final commit failed; messages after the last successful commit will be delivered again"
-        ),
-    }
-}
-
-/// Sends a commit without waiting, with its result routed to the consumer's own queue, where
-/// polling hands it to `ConsumerContext::commit_callback`. rdkafka's
-/// `commit(.., CommitMode::Async)` gives librdkafka no queue to answer on, so a refused
-/// commit would go unnoticed.
-fn commit_async<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    list: &TopicPartitionList,
-) -> KafkaResult<()> {
-    let client = consumer.client().native_ptr();
-    // SAFETY: `client` is the live consumer's handle for the whole block. The queue handle is
-    // a reference of our own, released before the block ends; the pending commit holds its
-    // own reference to the queue. librdkafka copies `list` before returning.
-    let err = unsafe {
-        let queue = rdsys::rd_kafka_queue_get_consumer(client);
-        if queue.is_null() {
-            return Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::UnknownGroup));
-        }
-        let err = rdsys::rd_kafka_commit_queue(client, list.ptr(), queue, None, ptr::null_mut());
-        rdsys::rd_kafka_queue_destroy(queue);
-        err
-    };
-    if err == rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
-        Ok(())
-    } else {
-        Err(KafkaError::ConsumerCommit(err.into()))
-    }
-}
-
-fn offsets(
-    topic: &str,
-    states: &[Arc<PartitionState>],
-    mark: impl Fn(&PartitionState) -> Option<i64>,
-) -> TopicPartitionList {
     let mut list = TopicPartitionList::with_capacity(states.len());
     for state in states {
-        if let Some(offset) = mark(state) {
+        if let Some(mark) = state.take_store() {
             // Only fails for an invalid offset, which a watermark never is.
-            let _ = list.add_partition_offset(topic, state.partition(), Offset::Offset(offset));
+            let _ = list.add_partition_offset(topic, state.partition(), Offset::Offset(mark));
         }
     }
-    list
+    if list.count() > 0 {
+        if let Err(e) = consumer.store_offsets(&list) {
+            // Only a partition no longer assigned refuses a store: it is not this member's.
+            tracing::debug!(topic, error = %e, "storing watermarks failed");
+        }
+    }
+}
+
+/// Why the broker (or librdkafka) refused a commit, which says whether sending it again can
+/// help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The group is rebalancing, or this member's generation or member id is out of date.
+    /// Once librdkafka has rejoined, the member commits what it still owns with the new
+    /// generation.
+    Rebalance,
+    /// The coordinator moved, is loading, or did not answer in time: the same commit may be
+    /// taken after a pause.
+    Transient,
+    /// Sending it again cannot help: the request is wrong (metadata too large, an invalid
+    /// offset), not allowed, fenced by another instance, or the consumer is closing.
+    Final,
+}
+
+impl Refusal {
+    pub fn of(code: RDKafkaErrorCode) -> Refusal {
+        use RDKafkaErrorCode as E;
+        match code {
+            E::RebalanceInProgress
+            | E::IllegalGeneration
+            | E::UnknownMemberId
+            | E::StaleMemberEpoch => Refusal::Rebalance,
+            E::NotCoordinator
+            | E::CoordinatorNotAvailable
+            | E::CoordinatorLoadInProgress
+            | E::WaitingForCoordinator
+            | E::RequestTimedOut
+            | E::OperationTimedOut
+            | E::TimedOutQueue
+            | E::NetworkException
+            | E::BrokerTransportFailure
+            | E::AllBrokersDown
+            | E::Resolve
+            | E::UnknownTopicOrPartition
+            | E::LeaderNotAvailable
+            | E::NotLeaderForPartition
+            | E::UnstableOffsetCommit
+            | E::Retry
+            | E::InProgress => Refusal::Transient,
+            _ => Refusal::Final,
+        }
+    }
+}
+
+/// What a member does after a refused commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Lets librdkafka complete the rebalance (the member polls its consumer), then commits
+    /// again what it still owns.
+    AfterRejoin,
+    /// Pauses, then commits the same again.
+    AfterPause,
+    /// Stops trying: what is left cannot be saved.
+    GiveUp,
+}
+
+impl Next {
+    /// `can_rejoin`: the member can poll its consumer between tries. Inside a rebalance
+    /// callback it cannot, and librdkafka does not rejoin until the callback returns, so a
+    /// rebalance refusal is final there.
+    /// `lost`: librdkafka found the assignment lost: the group moved on without this member,
+    /// and its partitions are someone else's.
+    pub fn after(refusal: Refusal, can_rejoin: bool, lost: bool, time_left: bool) -> Next {
+        match refusal {
+            _ if lost || !time_left => Next::GiveUp,
+            Refusal::Final => Next::GiveUp,
+            Refusal::Transient => Next::AfterPause,
+            Refusal::Rebalance if can_rejoin => Next::AfterRejoin,
+            Refusal::Rebalance => Next::GiveUp,
+        }
+    }
+}
+
+/// The watermarks a commit could not save, for the log: the next owner of these partitions
+/// handles again what came after their last commit.
+#[derive(Debug)]
+pub(crate) struct Unsaved {
+    /// (partition, watermark)
+    pub offsets: Vec<(i32, i64)>,
+    pub error: RDKafkaErrorCode,
+}
+
+/// Commits the watermarks of the partitions `owned` returns and waits for the broker to take
+/// them, sending them again while a refusal can still be overcome and `deadline` has not
+/// passed. `owned` is asked again before every try: a partition given up or lost meanwhile is
+/// left out. `settle` polls the consumer for the time given, so that librdkafka completes a
+/// rebalance; `None` inside a rebalance callback, where it cannot. Returns what was saved.
+pub(crate) fn save<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    mut owned: impl FnMut() -> Vec<Arc<PartitionState>>,
+    deadline: Instant,
+    mut settle: Option<&mut dyn FnMut(Duration)>,
+    metrics: Option<&ConsumerMetrics>,
+) -> Result<Vec<(i32, i64)>, Unsaved> {
+    let mut pause = FIRST_PAUSE;
+    let mut first = true;
+    loop {
+        let marks: Vec<(i32, i64)> = owned()
+            .iter()
+            .filter_map(|state| Some((state.partition(), state.watermark()?)))
+            .collect();
+        if marks.is_empty() {
+            return Ok(marks);
+        }
+        // librdkafka commits a partition's stored offset when it is unassigned: that one must
+        // never be older than what kq commits here.
+        store(consumer, topic, &marks);
+        let left = deadline.saturating_duration_since(Instant::now());
+        let wait = if first { left.max(LAST_TRY) } else { left };
+        first = false;
+        let error = match commit_and_wait(consumer, topic, &marks, wait) {
+            Ok(()) => {
+                tracing::debug!(topic, offsets = ?marks, "committed");
+                if let Some(metrics) = metrics {
+                    metrics.committed();
+                }
+                // Saved: librdkafka need not send the same again on unassign.
+                forget(consumer, topic, marks.iter().map(|&(p, _)| p));
+                return Ok(marks);
+            }
+            Err(error) => error,
+        };
+        let refusal = Refusal::of(error);
+        let time_left = Instant::now() + pause < deadline;
+        let next = Next::after(
+            refusal,
+            settle.is_some(),
+            consumer.assignment_lost(),
+            time_left,
+        );
+        match next {
+            Next::AfterRejoin => tracing::info!(
+                topic,
+                offsets = ?marks,
+                %error,
+                "commit refused while the group rebalances; sent again once librdkafka has rejoined"
+            ),
+            Next::AfterPause => tracing::info!(
+                topic,
+                offsets = ?marks,
+                %error,
+                "commit refused for a moment; sent again after a pause"
+            ),
+            Next::GiveUp => {}
+        }
+        match (next, settle.as_mut()) {
+            (Next::GiveUp, _) => {
+                return Err(Unsaved {
+                    offsets: marks,
+                    error,
+                })
+            }
+            (_, Some(settle)) => settle(pause),
+            (_, None) => std::thread::sleep(pause),
+        }
+        pause = (pause * 2).min(MAX_PAUSE);
+    }
+}
+
+/// Clears the stored offsets of `partitions`, so that librdkafka commits nothing for them
+/// when they are unassigned.
+pub(crate) fn forget<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partitions: impl IntoIterator<Item = i32>,
+) {
+    let marks: Vec<(i32, Offset)> = partitions
+        .into_iter()
+        .map(|p| (p, Offset::Invalid))
+        .collect();
+    store_list(consumer, topic, &marks);
+}
+
+fn store<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, marks: &[(i32, i64)]) {
+    let marks: Vec<(i32, Offset)> = marks
+        .iter()
+        .map(|&(p, mark)| (p, Offset::Offset(mark)))
+        .collect();
+    store_list(consumer, topic, &marks);
+}
+
+fn store_list<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    marks: &[(i32, Offset)],
+) {
+    let mut list = TopicPartitionList::with_capacity(marks.len());
+    for &(partition, offset) in marks {
+        let _ = list.add_partition_offset(topic, partition, offset);
+    }
+    if list.count() > 0 {
+        if let Err(e) = consumer.store_offsets(&list) {
+            tracing::debug!(topic, error = %e, "storing offsets failed");
+        }
+    }
+}
+
+/// Commits `marks` and waits up to `wait` for the broker's answer. librdkafka's synchronous
+/// commit waits as long as librdkafka does (up to the session timeout for a missing
+/// coordinator); this one answers on a queue of its own, read with the member's deadline.
+/// Returns the first error, the request's or a partition's.
+fn commit_and_wait<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    marks: &[(i32, i64)],
+    wait: Duration,
+) -> Result<(), RDKafkaErrorCode> {
+    let mut list = TopicPartitionList::with_capacity(marks.len());
+    for &(partition, mark) in marks {
+        let _ = list.add_partition_offset(topic, partition, Offset::Offset(mark));
+    }
+    let client = consumer.client().native_ptr();
+    let timeout_ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: `client` is the live consumer's handle for the whole block. The queue is ours
+    // and destroyed before the block ends; a pending commit holds its own reference to it, so
+    // an answer after the wait is dropped by librdkafka. librdkafka copies `list` before
+    // returning. The event, when there is one, is read and destroyed here.
+    unsafe {
+        let queue = rdsys::rd_kafka_queue_new(client);
+        if queue.is_null() {
+            return Err(RDKafkaErrorCode::Fail);
+        }
+        let err = rdsys::rd_kafka_commit_queue(client, list.ptr(), queue, None, ptr::null_mut());
+        if err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            rdsys::rd_kafka_queue_destroy(queue);
+            return Err(err.into());
+        }
+        let event = rdsys::rd_kafka_queue_poll(queue, timeout_ms);
+        rdsys::rd_kafka_queue_destroy(queue);
+        if event.is_null() {
+            return Err(RDKafkaErrorCode::OperationTimedOut);
+        }
+        let mut result = match rdsys::rd_kafka_event_error(event) {
+            rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => Ok(()),
+            err => Err(err.into()),
+        };
+        let partitions = rdsys::rd_kafka_event_topic_partition_list(event);
+        if result.is_ok() && !partitions.is_null() {
+            let partitions = &*partitions;
+            let elements = std::slice::from_raw_parts(partitions.elems, partitions.cnt as usize);
+            if let Some(refused) = elements
+                .iter()
+                .find(|e| e.err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR)
+            {
+                result = Err(refused.err.into());
+            }
+        }
+        rdsys::rd_kafka_event_destroy(event);
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rebalance_refusal_waits_for_the_rejoin() {
+        for code in [
+            RDKafkaErrorCode::RebalanceInProgress,
+            RDKafkaErrorCode::IllegalGeneration,
+            RDKafkaErrorCode::UnknownMemberId,
+            RDKafkaErrorCode::StaleMemberEpoch,
+        ] {
+            assert_eq!(Refusal::of(code), Refusal::Rebalance, "{code:?}");
+            assert_eq!(
+                Next::after(Refusal::of(code), true, false, true),
+                Next::AfterRejoin,
+                "{code:?} while stopping"
+            );
+            // librdkafka cannot rejoin while the callback that would wait for it runs.
+            assert_eq!(
+                Next::after(Refusal::of(code), false, false, true),
+                Next::GiveUp,
+                "{code:?} in a rebalance callback"
+            );
+        }
+    }
+
+    #[test]
+    fn a_transient_refusal_is_sent_again_after_a_pause() {
+        for code in [
+            RDKafkaErrorCode::NotCoordinator,
+            RDKafkaErrorCode::CoordinatorNotAvailable,
+            RDKafkaErrorCode::CoordinatorLoadInProgress,
+            RDKafkaErrorCode::WaitingForCoordinator,
+            RDKafkaErrorCode::RequestTimedOut,
+            RDKafkaErrorCode::OperationTimedOut,
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::AllBrokersDown,
+        ] {
+            assert_eq!(Refusal::of(code), Refusal::Transient, "{code:?}");
+            for can_rejoin in [true, false] {
+                assert_eq!(
+                    Next::after(Refusal::of(code), can_rejoin, false, true),
+                    Next::AfterPause,
+                    "{code:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_refusal_retrying_cannot_help_ends_the_tries() {
+        for code in [
+            RDKafkaErrorCode::OffsetMetadataTooLarge,
+            RDKafkaErrorCode::GroupAuthorizationFailed,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::InvalidCommitOffsetSize,
+            RDKafkaErrorCode::FencedInstanceId,
+            RDKafkaErrorCode::FencedMemberEpoch,
+            RDKafkaErrorCode::Fatal,
+            RDKafkaErrorCode::BrokerDestroy,
+        ] {
+            assert_eq!(Refusal::of(code), Refusal::Final, "{code:?}");
+            assert_eq!(
+                Next::after(Refusal::of(code), true, false, true),
+                Next::GiveUp,
+                "{code:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_lost_assignment_is_never_committed_again() {
+        // The group moved on without the member: its partitions are someone else's, whatever
+        // the refusal said.
+        for refusal in [Refusal::Rebalance, Refusal::Transient, Refusal::Final] {
+            for can_rejoin in [true, false] {
+                assert_eq!(
+                    Next::after(refusal, can_rejoin, true, true),
+                    Next::GiveUp,
+                    "{refusal:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn no_try_goes_past_the_deadline() {
+        for refusal in [Refusal::Rebalance, Refusal::Transient] {
+            assert_eq!(Next::after(refusal, true, false, false), Next::GiveUp);
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! The fetch loop of one group member: takes messages from librdkafka in batches on a thread
 //! of its own, hands them to the dispatcher, stops taking while the queue is full, serves the
-//! consumer's events (rebalances, commit results), commits on `CommitInterval`, and drains
-//! and commits on shutdown.
+//! consumer's events (rebalances, commit results), stores watermarks for librdkafka's
+//! commits, and drains and commits on shutdown.
 //!
 //! One loop per member keeps a partition's messages in offset order up to the dispatcher;
 //! librdkafka already fetches from every broker on threads of its own.
@@ -62,6 +62,10 @@ const WINDOW_PER_CAPACITY: usize = 4;
 const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 /// How often librdkafka reports statistics (consumer lag) while metrics are collected.
 const STATISTICS_INTERVAL_MS: &str = "1000";
+/// How often moved watermarks are stored for librdkafka's auto-commit, at most (and at least
+/// once per `CommitInterval`): each store takes librdkafka's client-wide lock once per
+/// partition.
+const STORE_EVERY: Duration = Duration::from_millis(10);
 /// How long a stopped member may take to leave its group: one round trip to the coordinator
 /// when all goes well.
 const LEAVE_LIMIT: Duration = Duration::from_secs(10);
@@ -130,7 +134,8 @@ pub(crate) fn spawn_member(
         last_partition: None,
         room: Room::default(),
         blocked: false,
-        last_commit: Instant::now(),
+        last_store: Instant::now(),
+        last_upkeep: Instant::now(),
         errors_in_a_row: 0,
     };
     let (left_tx, left_rx) = oneshot::channel::<()>();
@@ -191,10 +196,12 @@ fn consumer_config(conf: &KqConf, observed: bool) -> Result<ClientConfig, Error>
     let mut config = connection.client_config()?;
     config
         .set("group.id", &conf.group)
-        // kq commits watermarks itself; librdkafka's automatic commits would pass unfinished
-        // messages.
-        .set("enable.auto.commit", "false")
+        // librdkafka commits what kq stores, the watermarks, and nothing else: its automatic
+        // store would pass unfinished messages. Its auto-commit waits while the group
+        // rebalances, when a commit can only be refused.
+        .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
+        .set("auto.commit.interval.ms", auto_commit_interval_ms(conf))
         .set("enable.partition.eof", "false")
         .set("auto.offset.reset", conf.offset.auto_offset_reset())
         .set("partition.assignment.strategy", conf.assignor.keyword())
@@ -223,6 +230,15 @@ fn consumer_config(conf: &KqConf, observed: bool) -> Result<ClientConfig, Error>
             .set("fetch.max.bytes", &bytes);
     }
     Ok(config)
+}
+
+/// `CommitInterval` in librdkafka's terms: 0 (kafka-go's synchronous commits) is as often as
+/// librdkafka commits at all, once a millisecond.
+fn auto_commit_interval_ms(conf: &KqConf) -> String {
+    let interval = conf
+        .commit_interval
+        .clamp(Duration::from_millis(1), crate::conf::MAX_COMMIT_INTERVAL);
+    interval.as_millis().to_string()
 }
 
 /// The current state of a partition; the last one is kept in `last`, as consecutive messages
@@ -345,7 +361,8 @@ struct FetchLoop {
     room: Room,
     /// The last round dispatched nothing, though the stash held messages.
     blocked: bool,
-    last_commit: Instant,
+    last_store: Instant,
+    last_upkeep: Instant,
     errors_in_a_row: u32,
 }
 
@@ -402,7 +419,7 @@ impl FetchLoop {
                 // Every stashed partition's window is full until its oldest messages finish.
                 thread::sleep(WINDOW_CHECK);
             }
-            self.commit_if_due();
+            self.store_if_due();
         }
         let member = self.member.index;
         let consumer = self.stop();
@@ -522,10 +539,14 @@ impl FetchLoop {
         }
     }
 
-    fn commit_if_due(&mut self) {
-        if self.last_commit.elapsed() >= self.member.queue.conf.commit_interval {
-            self.last_commit = Instant::now();
-            commit::commit_moved(&self.consumer, self.member.topic, &self.member.owned());
+    fn store_if_due(&mut self) {
+        let interval = self.member.queue.conf.commit_interval;
+        if self.last_store.elapsed() >= interval.min(STORE_EVERY) {
+            self.last_store = Instant::now();
+            commit::store_moved(&self.consumer, self.member.topic, &self.member.owned());
+        }
+        if self.last_upkeep.elapsed() >= interval {
+            self.last_upkeep = Instant::now();
             // A route lost to a race with a stop is set again (see `route_again`).
             self.fetch_queue.route_again();
         }
@@ -543,10 +564,7 @@ impl FetchLoop {
             ..
         } = self;
         drop(stash);
-        let owned: Vec<i32> = member.owned().iter().map(|p| p.partition()).collect();
-        // Releasing everything also leaves nothing for the rebalance callback that closing
-        // the consumer triggers.
-        member.release(&consumer, &owned);
+        member.stop(&consumer);
         // librdkafka's messages and queues go before the consumer closes.
         drop(taken);
         drop(fetch_queue);

@@ -17,8 +17,8 @@ struct Progress {
     window: VecDeque<(i64, bool)>,
     /// One past the highest offset fetched, so the watermark when the window is empty.
     next: i64,
-    /// The last watermark handed to the committer.
-    committed: i64,
+    /// The last watermark stored for librdkafka's commits.
+    stored: i64,
 }
 
 /// One assignment of one partition to this group member. A revoked partition that comes
@@ -49,7 +49,7 @@ impl PartitionState {
             progress: Mutex::new(Progress {
                 window: VecDeque::new(),
                 next: -1,
-                committed: -1,
+                stored: -1,
             }),
         })
     }
@@ -123,24 +123,16 @@ impl PartitionState {
         watermark_of(&p)
     }
 
-    /// The watermark if it moved since the last call, recording it as committed.
-    pub fn take_commit(&self) -> Option<i64> {
+    /// The watermark if it moved since the last call, recording it as stored. librdkafka
+    /// sends a stored offset again until a commit of it succeeds.
+    pub fn take_store(&self) -> Option<i64> {
         let mut p = self.progress();
         let mark = watermark_of(&p)?;
-        if mark > p.committed {
-            p.committed = mark;
+        if mark > p.stored {
+            p.stored = mark;
             Some(mark)
         } else {
             None
-        }
-    }
-
-    /// A commit of `offset` failed: the watermark goes to the committer again next time, even
-    /// if it has not moved, unless a later commit went out meanwhile.
-    pub fn commit_failed(&self, offset: i64) {
-        let mut p = self.progress();
-        if p.committed == offset {
-            p.committed = -1;
         }
     }
 
@@ -242,30 +234,15 @@ mod tests {
     }
 
     #[test]
-    fn take_commit_reports_each_watermark_once() {
+    fn take_store_reports_each_watermark_once() {
         let state = fetched(0..3);
-        assert_eq!(state.take_commit(), Some(0));
-        assert_eq!(state.take_commit(), None);
+        assert_eq!(state.take_store(), Some(0));
+        assert_eq!(state.take_store(), None);
         state.enter(2);
         state.finish_all(&[0]);
         state.finish_all(&[1]);
-        assert_eq!(state.take_commit(), Some(2));
-        assert_eq!(state.take_commit(), None);
-    }
-
-    #[test]
-    fn a_failed_commit_is_sent_again_unless_a_later_one_went_out() {
-        let state = fetched(0..3);
-        state.enter(2);
-        state.finish_all(&[0]);
-        assert_eq!(state.take_commit(), Some(1));
-        state.commit_failed(1);
-        assert_eq!(state.take_commit(), Some(1), "the same watermark, again");
-
-        state.finish_all(&[1]);
-        assert_eq!(state.take_commit(), Some(2));
-        state.commit_failed(1);
-        assert_eq!(state.take_commit(), None, "2 went out after 1 failed");
+        assert_eq!(state.take_store(), Some(2));
+        assert_eq!(state.take_store(), None);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::buffers::BufferPool;
-use super::commit;
+use super::commit::{self, Unsaved};
 use super::fetched::FetchQueue;
 use super::offsets::PartitionState;
 use super::QueueShared;
@@ -72,21 +72,92 @@ impl Member {
         self.partitions().values().cloned().collect()
     }
 
-    /// Gives partitions up: queued messages stop starting, running handlers get up to
-    /// `ShutdownTimeout` to finish, then the watermarks are committed synchronously. Whatever
-    /// did not finish stays below the committed offset and goes to the next owner.
-    pub fn release(&self, consumer: &BaseConsumer<MemberContext>, partitions: &[i32]) {
-        let released: Vec<_> = {
+    /// Removes partitions from those owned, and stops their queued messages from starting.
+    fn take(&self, partitions: &[i32]) -> Vec<Arc<PartitionState>> {
+        let taken: Vec<_> = {
             let mut owned = self.partitions();
             partitions.iter().filter_map(|p| owned.remove(p)).collect()
         };
-        if released.is_empty() {
-            return;
-        }
-        for state in &released {
+        for state in &taken {
             state.revoke();
         }
-        let abandoned = wait_for_running(&released, self.queue.conf.shutdown_timeout);
+        taken
+    }
+
+    /// Gives revoked partitions up: queued messages stop starting, running handlers get up
+    /// to `ShutdownTimeout` to finish, and the watermarks are committed, sent again within
+    /// the same time if the broker refuses them for a moment. Whatever did not finish stays
+    /// above the committed offset and goes to the next owner. Runs in the revoke callback,
+    /// before librdkafka unassigns: the partitions are still this member's, with a
+    /// generation the broker accepts.
+    pub fn release(&self, consumer: &BaseConsumer<MemberContext>, partitions: &[i32]) {
+        let deadline = Instant::now() + self.queue.conf.shutdown_timeout;
+        let released = self.take(partitions);
+        self.drain(&released, deadline);
+        let saved = commit::save(
+            consumer,
+            self.topic,
+            || released.clone(),
+            deadline,
+            None,
+            self.queue.observed.as_deref(),
+        );
+        self.report_release(partitions, saved);
+    }
+
+    /// Gives up partitions the group took away without a revoke (this member's session
+    /// expired, or its generation was fenced): they are someone else's already, so nothing
+    /// is committed for them, not even by librdkafka on unassign. Running handlers still
+    /// finish first, so that a partition that comes back here never has two handlers for one
+    /// key.
+    pub fn lose(&self, consumer: &BaseConsumer<MemberContext>, partitions: &[i32]) {
+        let lost = self.take(partitions);
+        self.drain(&lost, Instant::now() + self.queue.conf.shutdown_timeout);
+        commit::forget(consumer, self.topic, partitions.iter().copied());
+        tracing::warn!(
+            consumer = %self.queue.name,
+            member = self.index,
+            topic = %self.topic,
+            ?partitions,
+            "partitions lost: the group moved on without this member; what was handled since their last commit is handled again by their next owner"
+        );
+    }
+
+    /// Stops the member: every owned partition stops starting messages, running handlers get
+    /// until `ShutdownTimeout` to finish, and the watermarks are committed before the member
+    /// leaves its group. A rebalance under way does not stop the commit: the consumer is
+    /// polled so that librdkafka completes it, a revoke meanwhile commits what it takes, and
+    /// the rest is committed again with the new generation, until the deadline.
+    pub fn stop(&self, consumer: &BaseConsumer<MemberContext>) {
+        let deadline = Instant::now() + self.queue.conf.shutdown_timeout;
+        let owned = self.owned();
+        for state in &owned {
+            state.revoke();
+        }
+        self.drain(&owned, deadline);
+        drop(owned);
+        let mut settle = |wait: Duration| serve_while_stopping(consumer, wait);
+        let saved = commit::save(
+            consumer,
+            self.topic,
+            || self.owned(),
+            deadline,
+            Some(&mut settle),
+            self.queue.observed.as_deref(),
+        );
+        let assigned: Vec<i32> = consumer
+            .assignment()
+            .map(|list| partitions_of(&list))
+            .unwrap_or_default();
+        // Nothing is left for the revoke that closing the consumer triggers.
+        self.partitions().clear();
+        self.report_release(&assigned, saved);
+    }
+
+    /// Waits until no message of these partitions is in progress, for at most until
+    /// `deadline`, and warns of those still running then.
+    fn drain(&self, states: &[Arc<PartitionState>], deadline: Instant) {
+        let abandoned = wait_for_running(states, deadline);
         if abandoned > 0 {
             tracing::warn!(
                 consumer = %self.queue.name,
@@ -95,19 +166,46 @@ impl Member {
                 "messages still in progress after the shutdown timeout; they will be delivered again"
             );
         }
-        commit::commit_sync(
-            consumer,
-            self.topic,
-            &released,
-            self.queue.observed.as_deref(),
-        );
+    }
+
+    fn report_release(&self, partitions: &[i32], saved: Result<Vec<(i32, i64)>, Unsaved>) {
+        match saved {
+            Ok(committed) => tracing::info!(
+                consumer = %self.queue.name,
+                member = self.index,
+                topic = %self.topic,
+                ?partitions,
+                ?committed,
+                "partitions released"
+            ),
+            Err(unsaved) => tracing::warn!(
+                consumer = %self.queue.name,
+                member = self.index,
+                topic = %self.topic,
+                ?partitions,
+                not_committed = ?unsaved.offsets,
+                error = %unsaved.error,
+                "partitions released without their final commit; their next owner handles again what came after their last commit"
+            ),
+        }
     }
 }
 
-/// Waits until no message of these partitions is in progress, for at most `timeout`;
+/// Polls a stopping member's consumer for `wait`, so that librdkafka can complete a
+/// rebalance: its callbacks run here. Messages that reach the consumer's own queue are
+/// dropped: they belong to whoever consumes their partition next.
+fn serve_while_stopping(consumer: &BaseConsumer<MemberContext>, wait: Duration) {
+    let until = Instant::now() + wait;
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        if let Some(Err(e)) = consumer.poll(left.min(Duration::from_millis(20))) {
+            tracing::debug!(error = %e, "consumer error while stopping");
+        }
+    }
+}
+
+/// Waits until no message of these partitions is in progress, for at most until `deadline`;
 /// returns how many still are.
-fn wait_for_running(states: &[Arc<PartitionState>], timeout: Duration) -> usize {
-    let deadline = Instant::now() + timeout;
+fn wait_for_running(states: &[Arc<PartitionState>], deadline: Instant) -> usize {
     loop {
         let running: usize = states.iter().map(|s| s.running()).sum();
         if running == 0 || Instant::now() >= deadline {
@@ -205,6 +303,11 @@ impl ConsumerContext for MemberContext {
                 observed.rebalanced("revoke");
             }
             let partitions = partitions_of(list);
+            // Read before the unassign, which clears it.
+            if consumer.assignment_lost() {
+                self.member.lose(consumer, &partitions);
+                return;
+            }
             tracing::info!(
                 consumer = %self.member.queue.name,
                 member = self.member.index,
@@ -242,7 +345,9 @@ impl ConsumerContext for MemberContext {
         }
     }
 
-    // Answers the commits `commit::commit_moved` sends; synchronous commits answer their caller.
+    // Answers librdkafka's own commits: the auto-commits of stored watermarks, and the commit
+    // of a partition's stored offset when it is unassigned. kq's own commits answer their
+    // caller.
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         let refused: Vec<(i32, i64, String)> = offsets
             .elements()
@@ -268,20 +373,15 @@ impl ConsumerContext for MemberContext {
             }
             return;
         }
+        // librdkafka sends a refused watermark again at its next commit, for as long as the
+        // partition is owned.
         tracing::warn!(
             consumer = %self.member.queue.name,
             topic = %self.member.topic,
-            partitions = ?refused.iter().map(|r| r.0).collect::<Vec<_>>(),
+            not_committed = ?refused.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>(),
             error = %refused[0].2,
-            "commit failed; it is sent again at the next commit"
+            "commit refused; it is sent again at the next commit"
         );
-        // Only the partitions still owned: a released one was committed synchronously since.
-        let owned = self.member.partitions();
-        for (partition, offset, _) in refused {
-            if let Some(state) = owned.get(&partition) {
-                state.commit_failed(offset);
-            }
-        }
     }
 }
 
