@@ -12,6 +12,10 @@ pub struct Config {
     /// The pause between two demo payments (a Go duration such as `5ms`).
     #[serde(default, deserialize_with = "kq::conf::duration::deserialize")]
     pub demo_interval: std::time::Duration,
+    /// The longest a payment's handling takes: each waits a part of this that its payload
+    /// picks, as a call to a downstream service would (a Go duration; none by default).
+    #[serde(default, deserialize_with = "kq::conf::duration::deserialize")]
+    pub demo_work: std::time::Duration,
     pub kq_pusher_conf: kq::PusherConf,
     pub kq_consumer_conf: kq::KqConf,
 }

@@ -4,6 +4,8 @@ use crate::config::Config;
 
 pub struct ServiceContext {
     pub config_name: String,
+    /// `DemoWork`: the longest a payment's handling waits.
+    pub demo_work: std::time::Duration,
     /// For handlers that push follow-up messages; the demo task below uses a clone.
     #[allow(dead_code)]
     pub kq_pusher_client: kq::Pusher,
@@ -17,6 +19,7 @@ impl ServiceContext {
         spawn_demo_payments(kq_pusher_client.clone(), c.demo_payments, c.demo_interval);
         Ok(ServiceContext {
             config_name: c.name.clone(),
+            demo_work: c.demo_work,
             kq_pusher_client,
         })
     }
@@ -41,4 +44,18 @@ fn spawn_demo_payments(pusher: kq::Pusher, payments: u32, interval: std::time::D
             tracing::error!("KqPusherClient Close Error, err: {e}");
         }
     });
+}
+
+impl ServiceContext {
+    /// Stands in for the work of handling `payment` (a call downstream): waits a part of
+    /// `DemoWork` that the payment picks, so that payments finish out of order.
+    pub async fn demo_work(&self, payment: &str) {
+        use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
+
+        if self.demo_work.is_zero() {
+            return;
+        }
+        let share = BuildHasherDefault::<DefaultHasher>::default().hash_one(payment) % 1001;
+        kq::sleep(self.demo_work.mul_f64(share as f64 / 1000.0)).await;
+    }
 }

@@ -2,89 +2,20 @@
 //! payments and stops cleanly on SIGTERM; every kind of bad config is one line on stderr
 //! naming the file and the key, with exit code 2.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-const SERVICE: &str = env!("CARGO_BIN_EXE_payment-success");
-
-fn package_dir() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Starts the service in its package directory (with `-f file` when given) and sends each
-/// line it prints, tagged with `tag`, to `lines`. Returns the process and the thread reading it.
-fn spawn_service<T: Send + Clone + 'static>(
-    file: Option<&Path>,
-    tag: T,
-    lines: mpsc::Sender<(T, String)>,
-) -> (Child, JoinHandle<()>) {
-    let mut command = Command::new(SERVICE);
-    if let Some(file) = file {
-        command.arg("-f").arg(file);
-    }
-    let mut child = command
-        .current_dir(package_dir())
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the service");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines.send((tag.clone(), line));
-        }
-    });
-    (child, reader)
-}
-
-/// Asks a running service to stop, as a process manager does.
-fn sigterm(child: &mut Child) {
-    let pid = child.id().to_string();
-    let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(sent.success(), "kill -TERM {pid}");
-}
-
-/// How long a service may take to stop after SIGTERM.
-const STOP_LIMIT: Duration = Duration::from_secs(20);
-
-/// Waits for a service sent SIGTERM to exit. One still running after `STOP_LIMIT` is killed
-/// and fails the test.
-fn stopped(child: &mut Child) -> ExitStatus {
-    let deadline = Instant::now() + STOP_LIMIT;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the service did not stop within {STOP_LIMIT:?} of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The real broker named by `KQ_TEST_BROKERS`, if any.
-fn real_broker() -> Option<String> {
-    let brokers = std::env::var("KQ_TEST_BROKERS")
-        .ok()
-        .filter(|b| !b.is_empty());
-    if brokers.is_none() {
-        eprintln!("skipped: needs a real broker (scripts/test.sh --real sets KQ_TEST_BROKERS)");
-    }
-    brokers
-}
+use common::{package_dir, real_broker, sigterm, spawn_service, stopped, Scratch, SERVICE};
 
 #[test]
 fn the_seed_service_consumes_its_payments_and_stops_on_sigterm() {
     let (lines_tx, lines) = mpsc::channel();
-    let (mut child, _reader) = spawn_service(None, (), lines_tx);
+    let (mut child, _reader) = spawn_service(None, None, (), lines_tx);
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut handled = Vec::new();
@@ -121,30 +52,6 @@ fn run_with(file: &Path) -> Output {
         .current_dir(package_dir())
         .output()
         .expect("run the service")
-}
-
-/// A directory of a test's own under the temp dir, removed with its files when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("kq-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    /// Writes `text` to the file `name` in the directory.
-    fn file(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Writes `etc/mq.yaml` with one change into a scratch directory, which goes when the first
@@ -228,109 +135,6 @@ fn help_lists_the_config_flag() {
     );
 }
 
-/// Two processes of the service in one group, against the real broker named by
-/// `KQ_TEST_BROKERS` (the embedded broker lives inside one process, so it cannot be shared).
-/// The second joins while the first is consuming: the partitions are split by a rebalance,
-/// every payment is handled, and the duplicates (re-deliveries of the in-flight window) are
-/// counted and reported.
-#[test]
-fn two_processes_split_the_partitions_and_lose_nothing() {
-    let Some(brokers) = real_broker() else {
-        return;
-    };
-    const PAYMENTS: usize = 2000;
-    let id = format!(
-        "{}-{}",
-        std::process::id(),
-        Instant::now().elapsed().as_nanos()
-    );
-    let topic = format!("payment-success-{id}");
-    tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(kq::create_topic(std::slice::from_ref(&brokers), &topic, 8))
-        .expect("create topic");
-    let scratch = Scratch::new(&format!("two-processes-{id}"));
-    let yaml = |payments: usize| {
-        format!(
-            // Plain log lines: the test reads keys and values from them.
-            "Name: mq\nHost: 0.0.0.0\nPort: 8888\nLog: {{Encoding: plain}}\nDemoPayments: {payments}\nDemoInterval: 3ms\n\
-             KqPusherConf:\n  Brokers: [{brokers}]\n  Topic: {topic}\n  FlushInterval: 5ms\n\
-             KqConsumerConf:\n  Name: kqConsumer\n  Brokers: [{brokers}]\n  Group: group-{id}\n  Topic: {topic}\n  Offset: first\n  CommitInterval: 200ms\n  MaxWait: 10ms\n  MinBytes: 1\n  SessionTimeout: 6s\n"
-        )
-    };
-    let pushing = scratch.file("pushing.yaml", &yaml(PAYMENTS));
-    let joining = scratch.file("joining.yaml", &yaml(0));
-
-    let (lines_tx, lines) = mpsc::channel::<(usize, String)>();
-    let start = |which: usize, file: &Path| spawn_service(Some(file), which, lines_tx.clone()).0;
-
-    let mut handled: Vec<Vec<String>> = vec![Vec::new(), Vec::new()];
-    let collect = |timeout: Duration, handled: &mut Vec<Vec<String>>| {
-        if let Ok((which, line)) = lines.recv_timeout(timeout) {
-            if let Some(at) = line.find("PaymentSuccess key: ") {
-                let key = line[at + 20..]
-                    .split(',')
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-                handled[which].push(key);
-            }
-        }
-    };
-    let mut first = start(0, &pushing);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while handled[0].len() < PAYMENTS / 10 && Instant::now() < deadline {
-        collect(Duration::from_millis(100), &mut handled);
-    }
-    let mut second = start(1, &joining);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let distinct = |handled: &Vec<Vec<String>>| {
-        let mut all: Vec<&String> = handled.iter().flatten().collect();
-        all.sort();
-        all.dedup();
-        all.len()
-    };
-    while distinct(&handled) < PAYMENTS && Instant::now() < deadline {
-        collect(Duration::from_millis(100), &mut handled);
-    }
-    sigterm(&mut first);
-    sigterm(&mut second);
-    let first_status = stopped(&mut first);
-    let second_status = stopped(&mut second);
-    while let Ok((which, line)) = lines.try_recv() {
-        if let Some(at) = line.find("PaymentSuccess key: ") {
-            handled[which].push(
-                line[at + 20..]
-                    .split(',')
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned(),
-            );
-        }
-    }
-
-    let total: usize = handled.iter().map(Vec::len).sum();
-    let duplicates = total - distinct(&handled);
-    eprintln!(
-        "two processes: first handled {}, second handled {}, {} distinct of {PAYMENTS}, {duplicates} duplicates",
-        handled[0].len(),
-        handled[1].len(),
-        distinct(&handled)
-    );
-    assert_eq!(
-        distinct(&handled),
-        PAYMENTS,
-        "every payment handled; {duplicates} duplicates"
-    );
-    assert!(!handled[1].is_empty(), "the second process got partitions");
-    assert!(
-        duplicates <= PAYMENTS / 10,
-        "duplicates stay within the in-flight window: {duplicates}"
-    );
-    assert_eq!(first_status.code(), Some(0));
-    assert_eq!(second_status.code(), Some(0));
-}
-
 /// A consumer process killed with SIGKILL at random moments while keyed, numbered messages
 /// flow, restarted until everything is handled: every message is handled at least once, each
 /// key's messages are first handled in order, and the duplicates (re-deliveries of what was
@@ -399,7 +203,7 @@ fn killed_consumers_lose_nothing_and_keep_key_order() {
     let mut runs: Vec<Vec<(String, String)>> = Vec::new();
     let run = || {
         let (tx, rx) = mpsc::channel();
-        let (child, reader) = spawn_service(Some(&file), (), tx);
+        let (child, reader) = spawn_service(Some(&file), None, (), tx);
         (child, rx, reader)
     };
 

@@ -1,0 +1,586 @@
+//! Rebalances as a deployment lives through them, with the service's processes on the real
+//! broker named by `KQ_TEST_BROKERS` (the embedded broker lives inside one process): members
+//! join and leave by SIGTERM while keyed messages flow and handlers finish out of order.
+//!
+//! Every test reads what each process logged (JSON lines with the handler's message span, and
+//! kq's own lines on partitions assigned, released and lost) and checks:
+//! - nothing is lost: every message pushed is handled;
+//! - per-key order: a key's messages are first handled in the order they were pushed;
+//! - no partition is handled by two members at once, and a member handles a partition only
+//!   while it owns it (from "partitions assigned" to "partitions released" or "lost");
+//! - re-deliveries stay within what was in flight when a partition moved.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::process::{Child, ExitStatus};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::{real_broker, sigterm, spawn_service, stopped, unique, Scratch};
+
+/// What the handler and kq log at these levels is what the checks read.
+const LOG: &str = "info,kq::consume=debug";
+
+/// The service's processes in one group, started and stopped as a deployment does.
+struct Fleet {
+    scratch: Scratch,
+    brokers: String,
+    topic: String,
+    group: String,
+    lines_tx: mpsc::Sender<(usize, String)>,
+    lines: mpsc::Receiver<(usize, String)>,
+    members: Vec<(Child, JoinHandle<()>)>,
+    /// Every line printed so far, tagged with its member.
+    printed: Vec<(usize, String)>,
+}
+
+impl Fleet {
+    /// A fresh topic of `partitions` and a group for it.
+    fn new(name: &str, brokers: String, partitions: i32) -> Fleet {
+        let topic = unique(name);
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(kq::create_topic(
+                std::slice::from_ref(&brokers),
+                &topic,
+                partitions,
+            ))
+            .expect("create topic");
+        let (lines_tx, lines) = mpsc::channel();
+        Fleet {
+            scratch: Scratch::new(&topic),
+            group: format!("group-{topic}"),
+            brokers,
+            topic,
+            lines_tx,
+            lines,
+            members: Vec::new(),
+            printed: Vec::new(),
+        }
+    }
+
+    /// Starts one more member, whose handlers take up to `work` each; returns its number.
+    fn join(&mut self, work: Duration) -> usize {
+        let member = self.members.len();
+        let Fleet {
+            brokers,
+            topic,
+            group,
+            ..
+        } = self;
+        let yaml = format!(
+            "Name: member-{member}\nHost: 0.0.0.0\nPort: 8888\nLog: {{Encoding: json}}\n\
+             DemoWork: {}ms\n\
+             KqPusherConf:\n  Brokers: [{brokers}]\n  Topic: {topic}\n\
+             KqConsumerConf:\n  Name: kqConsumer\n  Brokers: [{brokers}]\n  Group: {group}\n  \
+             Topic: {topic}\n  Offset: first\n  MaxWait: 100ms\n",
+            work.as_millis()
+        );
+        let file = self.scratch.file(&format!("member-{member}.yaml"), &yaml);
+        self.members.push(spawn_service(
+            Some(&file),
+            Some(LOG),
+            member,
+            self.lines_tx.clone(),
+        ));
+        member
+    }
+
+    /// Asks a member to stop, as a rolling deploy does; does not wait.
+    fn leave(&mut self, member: usize) {
+        sigterm(&mut self.members[member].0);
+    }
+
+    /// Waits for a member asked to stop; returns how it exited.
+    fn stopped(&mut self, member: usize) -> ExitStatus {
+        stopped(&mut self.members[member].0)
+    }
+
+    /// Collects what the members print for `time`.
+    fn collect(&mut self, time: Duration) {
+        let until = Instant::now() + time;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            match self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(100)))
+            {
+                Ok(line) => self.printed.push(line),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+    }
+
+    /// Collects until the first line of `member` containing `text`, for at most `limit`.
+    fn wait_for(&mut self, member: usize, text: &str, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        let from = self.printed.len();
+        loop {
+            if self.printed[from..]
+                .iter()
+                .any(|(m, line)| *m == member && line.contains(text))
+            {
+                return true;
+            }
+            let Some(left) = until.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            if let Ok(line) = self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(100)))
+            {
+                self.printed.push(line);
+            }
+        }
+    }
+
+    /// Collects until every value of `pushed` was handled, for at most `limit`.
+    fn wait_for_all(&mut self, pushed: usize, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        let mut values: HashSet<String> = HashSet::new();
+        let mut read = 0;
+        loop {
+            for (_, line) in &self.printed[read..] {
+                if let Some(handled) = Handled::parse(0, line) {
+                    values.insert(handled.value);
+                }
+            }
+            read = self.printed.len();
+            if values.len() >= pushed {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            self.collect(Duration::from_millis(200));
+        }
+    }
+
+    /// Stops the members still running, waits for every one, and reads what they printed.
+    fn finish(mut self) -> Record {
+        for (member, (child, _)) in self.members.iter_mut().enumerate() {
+            if child.try_wait().unwrap().is_none() {
+                sigterm(child);
+            }
+            let status = stopped(child);
+            assert_eq!(
+                status.code(),
+                Some(0),
+                "member {member} exited with {status}"
+            );
+        }
+        drop(self.lines_tx);
+        for (_, reader) in self.members.drain(..) {
+            reader.join().unwrap();
+        }
+        self.printed.extend(self.lines.try_iter());
+        Record::read(&self.printed)
+    }
+}
+
+/// Pushes `rounds` rounds of one message per key, `keys` keys, spread over `time`, in
+/// ordinary batches; values are `key:seq`. Returns how many were pushed.
+fn push_while(
+    brokers: &str,
+    topic: &str,
+    keys: usize,
+    rounds: usize,
+    time: Duration,
+) -> JoinHandle<usize> {
+    let mut conf = kq::PusherConf::new([brokers], topic);
+    conf.flush_interval = Duration::from_millis(5);
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async move {
+            let pusher = kq::Pusher::from_conf(&conf).expect("pusher");
+            let pause = time / rounds as u32;
+            let start = tokio::time::Instant::now();
+            for seq in 0..rounds {
+                for k in 0..keys {
+                    pusher
+                        .kpush(format!("k{k}"), format!("k{k}:{seq}"))
+                        .await
+                        .expect("pushed");
+                }
+                tokio::time::sleep_until(start + pause * (seq as u32 + 1)).await;
+            }
+            pusher.close().await.expect("every push delivered");
+            keys * rounds
+        })
+    })
+}
+
+/// A message a member's handler ran.
+#[derive(Debug, Clone)]
+struct Handled {
+    member: usize,
+    /// RFC 3339 with microseconds: sorts as it reads.
+    at: String,
+    partition: i64,
+    offset: i64,
+    key: String,
+    value: String,
+}
+
+impl Handled {
+    fn parse(member: usize, line: &str) -> Option<Handled> {
+        if !line.contains("PaymentSuccess key: ") {
+            return None;
+        }
+        let logged: serde_json::Value = serde_json::from_str(line).ok()?;
+        let text = logged["message"].as_str()?;
+        let (_, rest) = text.split_once("PaymentSuccess key: ")?;
+        let (key, value) = rest.split_once(", val: ")?;
+        Some(Handled {
+            member,
+            at: logged["timestamp"].as_str()?.to_owned(),
+            partition: logged["span"]["partition"].as_i64()?,
+            offset: logged["span"]["offset"].as_i64()?,
+            key: key.to_owned(),
+            value: value.to_owned(),
+        })
+    }
+
+    fn seq(&self) -> usize {
+        self.value.rsplit_once(':').unwrap().1.parse().unwrap()
+    }
+}
+
+/// Who owned which partition when, from kq's log lines.
+#[derive(Debug, Default)]
+struct Ownership {
+    /// Per partition, (member, from, until) with RFC 3339 times; `until` is "~" (after any
+    /// time) while the member still held it when it stopped.
+    spans: BTreeMap<i64, Vec<(usize, String, String)>>,
+}
+
+/// What a fleet's members did.
+struct Record {
+    handled: Vec<Handled>,
+    ownership: Ownership,
+    /// Warnings and errors kq logged, with their member.
+    trouble: Vec<(usize, String)>,
+    /// Commits refused and sent again, with their member.
+    retried: Vec<(usize, String)>,
+}
+
+impl Record {
+    fn read(printed: &[(usize, String)]) -> Record {
+        let mut handled = Vec::new();
+        let mut ownership = Ownership::default();
+        let mut open: HashMap<(usize, i64), String> = HashMap::new();
+        let mut trouble = Vec::new();
+        let mut retried = Vec::new();
+        for (member, line) in printed {
+            if let Some(h) = Handled::parse(*member, line) {
+                handled.push(h);
+                continue;
+            }
+            let Ok(logged) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let at = logged["timestamp"].as_str().unwrap_or_default().to_owned();
+            let message = logged["message"].as_str().unwrap_or_default();
+            if matches!(logged["level"].as_str(), Some("WARN" | "ERROR")) {
+                trouble.push((*member, line.clone()));
+            }
+            if message.starts_with("commit refused") {
+                retried.push((*member, line.clone()));
+            }
+            let partitions = || -> Vec<i64> {
+                let list = logged["partitions"].as_str().unwrap_or("[]");
+                serde_json::from_str(list).unwrap_or_default()
+            };
+            match message {
+                "partitions assigned" => {
+                    for p in partitions() {
+                        open.insert((*member, p), at.clone());
+                    }
+                }
+                "partitions released" | "partitions lost" => {
+                    for p in partitions() {
+                        if let Some(from) = open.remove(&(*member, p)) {
+                            ownership
+                                .spans
+                                .entry(p)
+                                .or_default()
+                                .push((*member, from, at.clone()));
+                        }
+                    }
+                }
+                "consumer stopped" => {
+                    let held: Vec<i64> = open
+                        .keys()
+                        .filter(|(m, _)| m == member)
+                        .map(|&(_, p)| p)
+                        .collect();
+                    for p in held {
+                        let from = open.remove(&(*member, p)).unwrap_or_default();
+                        ownership
+                            .spans
+                            .entry(p)
+                            .or_default()
+                            .push((*member, from, at.clone()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        for ((member, p), from) in open {
+            ownership
+                .spans
+                .entry(p)
+                .or_default()
+                .push((member, from, "~".into()));
+        }
+        handled.sort_by(|a, b| a.at.cmp(&b.at));
+        Record {
+            handled,
+            ownership,
+            trouble,
+            retried,
+        }
+    }
+
+    fn distinct(&self) -> usize {
+        self.handled
+            .iter()
+            .map(|h| &h.value)
+            .collect::<HashSet<_>>()
+            .len()
+    }
+
+    fn duplicates(&self) -> usize {
+        self.handled.len() - self.distinct()
+    }
+
+    /// Messages first handled after a later message of their key.
+    fn order_breaks(&self) -> Vec<String> {
+        let mut newest: HashMap<&str, usize> = HashMap::new();
+        let mut seen = HashSet::new();
+        let mut breaks = Vec::new();
+        for h in &self.handled {
+            if !seen.insert(&h.value) {
+                continue;
+            }
+            let seq = h.seq();
+            if let Some(&previous) = newest.get(h.key.as_str()) {
+                if seq < previous {
+                    breaks.push(format!(
+                        "member {} first handled {} at {} after {}:{previous}",
+                        h.member, h.value, h.at, h.key
+                    ));
+                }
+            }
+            let newest = newest.entry(&h.key).or_insert(seq);
+            *newest = (*newest).max(seq);
+        }
+        breaks
+    }
+
+    /// Two members owning one partition at once, or a member handling a partition outside
+    /// its ownership.
+    fn ownership_faults(&self) -> Vec<String> {
+        let mut faults = Vec::new();
+        for (partition, spans) in &self.ownership.spans {
+            for (i, a) in spans.iter().enumerate() {
+                for b in &spans[i + 1..] {
+                    if a.0 != b.0 && a.1 < b.2 && b.1 < a.2 {
+                        faults.push(format!(
+                            "partition {partition}: member {} owned it from {} to {} and member {} from {} to {}",
+                            a.0, a.1, a.2, b.0, b.1, b.2
+                        ));
+                    }
+                }
+            }
+        }
+        for h in &self.handled {
+            let owned = self.ownership.spans.get(&h.partition).is_some_and(|spans| {
+                spans
+                    .iter()
+                    .any(|(m, from, until)| *m == h.member && *from <= h.at && h.at <= *until)
+            });
+            if !owned {
+                faults.push(format!(
+                    "member {} handled partition {} offset {} at {} without owning it",
+                    h.member, h.partition, h.offset, h.at
+                ));
+            }
+        }
+        faults
+    }
+
+    /// Prints what happened and checks the promises every test holds the service to.
+    fn check(&self, name: &str, pushed: usize, duplicates_allowed: usize) {
+        let per_member = self.handled.iter().fold(BTreeMap::new(), |mut counts, h| {
+            *counts.entry(h.member).or_insert(0) += 1;
+            counts
+        });
+        eprintln!(
+            "{name}: {} pushed, {} handled ({per_member:?} by member), {} distinct, {} duplicates",
+            pushed,
+            self.handled.len(),
+            self.distinct(),
+            self.duplicates()
+        );
+        for (member, line) in self.trouble.iter().chain(&self.retried) {
+            eprintln!("{name}: member {member} logged: {line}");
+        }
+        assert_eq!(self.distinct(), pushed, "{name}: every message handled");
+        let breaks = self.order_breaks();
+        assert!(
+            breaks.is_empty(),
+            "{name}: per-key order broken: {breaks:#?}"
+        );
+        let faults = self.ownership_faults();
+        assert!(faults.is_empty(), "{name}: {faults:#?}");
+        assert!(
+            self.duplicates() <= duplicates_allowed,
+            "{name}: {} duplicates, at most {duplicates_allowed} expected",
+            self.duplicates()
+        );
+    }
+}
+
+/// The rolling deploy a Kubernetes Deployment does: three members join 6 s apart, then the
+/// first two leave by SIGTERM, while 40,000 keyed messages flow and handlers take 0 to 6 ms.
+#[test]
+fn a_rolling_deploy_loses_nothing_and_redelivers_next_to_nothing() {
+    let Some(brokers) = real_broker() else {
+        return;
+    };
+    const KEYS: usize = 64;
+    const ROUNDS: usize = 625;
+    const WORK: Duration = Duration::from_millis(6);
+    let mut fleet = Fleet::new("rolling", brokers, 8);
+    let pushing = push_while(
+        &fleet.brokers,
+        &fleet.topic,
+        KEYS,
+        ROUNDS,
+        Duration::from_secs(30),
+    );
+    let first = fleet.join(WORK);
+    fleet.collect(Duration::from_secs(6));
+    let second = fleet.join(WORK);
+    fleet.collect(Duration::from_secs(6));
+    fleet.join(WORK);
+    fleet.collect(Duration::from_secs(6));
+    fleet.leave(first);
+    fleet.collect(Duration::from_secs(6));
+    fleet.leave(second);
+    let pushed = pushing.join().unwrap();
+    fleet.wait_for_all(pushed, Duration::from_secs(60));
+    assert_eq!(fleet.stopped(first).code(), Some(0));
+    assert_eq!(fleet.stopped(second).code(), Some(0));
+    let record = fleet.finish();
+    // Only what ran out of order past a partition's first unfinished message when it moved
+    // comes again: well under 1%.
+    record.check("rolling deploy", pushed, pushed / 100);
+}
+
+/// Each new member starts as the previous one is told to stop, four times over, while
+/// messages flow: every leave meets a join.
+#[test]
+fn members_leaving_while_others_join_lose_nothing() {
+    let Some(brokers) = real_broker() else {
+        return;
+    };
+    const KEYS: usize = 32;
+    const ROUNDS: usize = 500;
+    const WORK: Duration = Duration::from_millis(4);
+    let mut fleet = Fleet::new("relay", brokers, 6);
+    let pushing = push_while(
+        &fleet.brokers,
+        &fleet.topic,
+        KEYS,
+        ROUNDS,
+        Duration::from_secs(20),
+    );
+    let mut current = fleet.join(WORK);
+    fleet.collect(Duration::from_secs(4));
+    for _ in 0..4 {
+        let next = fleet.join(WORK);
+        fleet.leave(current);
+        fleet.collect(Duration::from_secs(4));
+        assert_eq!(fleet.stopped(current).code(), Some(0));
+        current = next;
+    }
+    let pushed = pushing.join().unwrap();
+    fleet.wait_for_all(pushed, Duration::from_secs(60));
+    let record = fleet.finish();
+    record.check("relay", pushed, pushed / 100);
+}
+
+/// A member told to stop while the group is in the middle of a rebalance: its final commit
+/// meets a group that is not ready for it. Member 1's handlers take up to a second, so that
+/// when a third member joins, member 1 holds the group's next rebalance open while it drains
+/// the partitions it gives up; member 0, quick, has rejoined by then and waits for the
+/// rebalance to complete, still owning partitions, when it is told to stop. Its final commit
+/// must still land, so that nothing it handled is handled again.
+#[test]
+fn a_final_commit_that_meets_a_rebalance_still_lands() {
+    let Some(brokers) = real_broker() else {
+        return;
+    };
+    const KEYS: usize = 12;
+    const ROUNDS: usize = 40;
+    let mut fleet = Fleet::new("final-commit", brokers, 6);
+    let pushing = push_while(
+        &fleet.brokers,
+        &fleet.topic,
+        KEYS,
+        ROUNDS,
+        Duration::from_secs(16),
+    );
+    let quick = fleet.join(Duration::from_millis(5));
+    fleet.collect(Duration::from_secs(3));
+    let slow = fleet.join(Duration::from_secs(1));
+    assert!(
+        fleet.wait_for(slow, "partitions assigned", Duration::from_secs(30)),
+        "the slow member got no partitions"
+    );
+    fleet.collect(Duration::from_secs(3));
+    fleet.join(Duration::from_millis(5));
+    // The slow member's drain of what it gives up holds the group's next rebalance open.
+    assert!(
+        fleet.wait_for(slow, "partitions revoked", Duration::from_secs(30)),
+        "the third member's join revoked nothing from the slow one"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    fleet.leave(quick);
+    assert_eq!(fleet.stopped(quick).code(), Some(0));
+    let pushed = pushing.join().unwrap();
+    fleet.wait_for_all(pushed, Duration::from_secs(90));
+    let record = fleet.finish();
+    record.check("final commit in a rebalance", pushed, pushed / 100);
+    let refused: Vec<_> = record
+        .trouble
+        .iter()
+        .filter(|(member, line)| *member == quick && line.contains("commit"))
+        .collect();
+    assert!(refused.is_empty(), "{refused:#?}");
+    eprintln!(
+        "final commit in a rebalance: the quick member's commits refused and sent again: {}",
+        record.retried.iter().filter(|(m, _)| *m == quick).count()
+    );
+    // What the slow member was running when a partition moved may come again; nothing of the
+    // quick member's.
+    let quick_values: HashSet<&String> = record
+        .handled
+        .iter()
+        .filter(|h| h.member == quick)
+        .map(|h| &h.value)
+        .collect();
+    let again: Vec<&Handled> = record
+        .handled
+        .iter()
+        .filter(|h| h.member != quick && quick_values.contains(&h.value))
+        .collect();
+    assert!(
+        again.is_empty(),
+        "handled again after the quick member stopped: {again:#?}"
+    );
+}
