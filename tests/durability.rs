@@ -72,11 +72,13 @@ async fn consume(brokers: &str, group: &str, topic: &str, expected: usize) -> Ve
 
 async fn push(brokers: &str, topic: &str, values: impl IntoIterator<Item = String>) {
     let mut conf = PusherConf::new([brokers], topic);
-    conf.sync_push = true;
+    conf.sync_push = false;
     let pusher = Pusher::from_conf(&conf).unwrap();
     for (i, value) in values.into_iter().enumerate() {
         pusher.kpush(format!("k{}", i % 3), value).await.unwrap();
     }
+    // Delivered in ordinary batches before the broker restarts.
+    pusher.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

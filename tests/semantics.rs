@@ -413,12 +413,13 @@ async fn members_joining_and_leaving_while_messages_flow_lose_nothing() {
         entries.len()
     );
     if real_broker() {
-        // Commits on revoke keep re-deliveries to the in-flight window. The embedded
-        // broker's coordinator refuses every commit from the moment a member asks to join
-        // until all have rejoined (Kafka accepts them while preparing a rebalance), so there
-        // the group re-reads everything since the last commit before the join.
+        // Commits on revoke keep re-deliveries to what ran out of order past a partition's
+        // first unfinished message when it moved. The embedded broker's coordinator refuses
+        // every commit from the moment a member asks to join until all have rejoined (Kafka
+        // accepts them while preparing a rebalance), so there the group re-reads everything
+        // since the last commit before the join.
         assert!(
-            duplicates <= pushed / 10,
+            duplicates <= pushed / 100,
             "{duplicates} duplicates of {pushed}"
         );
     }

@@ -318,9 +318,7 @@ async fn fill(settings: &Settings, messages: u64, keys: u64) -> anyhow::Result<S
 }
 
 /// Checks that the broker still has a topic an earlier run filled: a consumer of a topic the
-/// broker does not have waits for it to appear, which would look like a stalled run. Its size
-/// is not checked: on tansu the partitions' watermarks add up to fewer messages than were
-/// written to them.
+/// broker does not have waits for it to appear, which would look like a stalled run.
 fn check_topic(settings: &Settings, topic: &str) -> anyhow::Result<()> {
     let consumer: BaseConsumer = client(settings).create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
@@ -719,11 +717,11 @@ pub async fn push_throughput(settings: &Settings) -> anyhow::Result<Vec<Row>> {
 /// for a raw BaseConsumer on the same broker, one after the other.
 ///
 /// It runs on the suite's broker and again on the embedded broker (librdkafka's mock cluster,
-/// in this process). tansu holds every fetch for the full `fetch.wait.max.ms`, which sets its
-/// latency floor. The embedded broker answers a fetch at once when it has data and otherwise
-/// waits `fetch.wait.max.ms` without being woken by new data; at 1 ms there, both sides get
-/// what Kafka gives a consumer with `fetch.min.bytes` 1, an answer soon after data arrives.
-/// 100,000 messages of 100 bytes fit in its 5 MiB per partition.
+/// in this process). Kafka answers a fetch as soon as `fetch.min.bytes` (1 here) is there. The
+/// embedded broker answers a fetch at once when it has data and otherwise waits
+/// `fetch.wait.max.ms` without being woken by new data; at 1 ms there, both sides get an
+/// answer soon after data arrives, as from Kafka. 100,000 messages of 100 bytes fit in its
+/// 5 MiB per partition.
 pub async fn latency(settings: &Settings) -> anyhow::Result<Vec<Row>> {
     let embedded = Settings {
         brokers: kq::EmbeddedBroker::get()?.bootstrap_servers().to_owned(),
@@ -786,10 +784,9 @@ async fn latency_run(settings: &Settings, with_kq: bool) -> anyhow::Result<Row> 
 
     let mut pusher_conf = PusherConf::new([settings.brokers.clone()], &topic);
     // The producer's linger (`FlushInterval`). At 1 ms, 10,000 messages a second over eight
-    // partitions make record batches of one or two messages. On two cores tansu then took the
-    // last message seconds after it was pushed, and the embedded broker, which answers a
-    // fetch with at most one record batch per partition, held both consumers below the rate.
-    // At 5 ms the path keeps up on both brokers, and the consumers' latency shows.
+    // partitions make record batches of one or two messages, and the embedded broker, which
+    // answers a fetch with at most one record batch per partition, held both consumers below
+    // the rate. At 5 ms the path keeps up on both brokers, and the consumers' latency shows.
     let linger_ms = crate::env_u64("KQ_BENCH_LATENCY_LINGER_MS", 5);
     pusher_conf.flush_interval = Duration::from_millis(linger_ms);
     let pusher = kq::Pusher::from_conf(&pusher_conf)?;

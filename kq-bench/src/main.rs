@@ -7,9 +7,9 @@
 //! KQ_BENCH_TOPIC=bench-... cargo run --release -p kq-bench -- consume  # a topic filled before
 //! ```
 //!
-//! The broker is tansu with in-memory storage, started by `scripts/broker.sh` (and installed
-//! the first time), unless `KQ_BENCH_BROKERS` names another; the latency scenario runs again
-//! on the embedded broker, which answers fetches as soon as it has data. Each scenario runs kq
+//! The broker is Apache Kafka, an instance of its own started by `scripts/broker.sh` (its jars
+//! fetched the first time) and deleted afterwards, unless `KQ_BENCH_BROKERS` names another;
+//! the latency scenario runs again on the embedded broker. Each scenario runs kq
 //! and its raw rdkafka baseline in the same run, alternating, with the same librdkafka fetch
 //! settings, prints a table and writes `target/kq-bench.json`.
 
@@ -33,7 +33,8 @@ pub struct Settings {
     pub partitions: i32,
     pub value_bytes: usize,
     pub reps: usize,
-    /// `fetch.wait.max.ms`: tansu answers a fetch only after this much, even with data.
+    /// `fetch.wait.max.ms`: how long the broker holds a fetch that has less than
+    /// `fetch.min.bytes` for it.
     pub max_wait: Duration,
     pub min_bytes: usize,
     pub max_bytes: usize,
@@ -91,7 +92,7 @@ fn main() -> anyhow::Result<()> {
         "broker: {} ({})",
         settings.brokers,
         if started {
-            "tansu, memory storage, started for this run"
+            "Apache Kafka, started for this run"
         } else {
             "KQ_BENCH_BROKERS"
         }
@@ -144,8 +145,9 @@ fn main() -> anyhow::Result<()> {
         anyhow::Ok(())
     });
     if started && std::env::var_os("KQ_BENCH_KEEP_BROKER").is_none() {
+        // A million-message run leaves gigabytes of log segments behind.
         let _ = Command::new(broker_script())
-            .args(["down", "memory"])
+            .args(["wipe", BROKER_INSTANCE])
             .status();
     }
     result?;
@@ -181,7 +183,10 @@ fn broker_script() -> PathBuf {
     workspace_root().join("scripts").join("broker.sh")
 }
 
-/// `KQ_BENCH_BROKERS`, or tansu started by the broker script.
+/// The broker script's instance for the benchmark, apart from the tests' broker.
+const BROKER_INSTANCE: &str = "bench";
+
+/// `KQ_BENCH_BROKERS`, or a Kafka broker started by the broker script.
 fn broker() -> anyhow::Result<(String, bool)> {
     if let Ok(brokers) = std::env::var("KQ_BENCH_BROKERS") {
         if !brokers.trim().is_empty() {
@@ -189,7 +194,7 @@ fn broker() -> anyhow::Result<(String, bool)> {
         }
     }
     let output = Command::new(broker_script())
-        .args(["up", "memory"])
+        .args(["up", BROKER_INSTANCE])
         .output()
         .context("running scripts/broker.sh")?;
     if !output.status.success() {

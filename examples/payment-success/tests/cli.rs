@@ -172,10 +172,12 @@ fn killed_consumers_lose_nothing_and_keep_key_order() {
         ),
     );
 
-    // Messages flow while consumers die: one push every few milliseconds, each its own batch.
+    // Messages flow while consumers die: a round of one message per key every 1.2 s, in
+    // ordinary batches.
     let pushing = {
         let mut conf = kq::PusherConf::new([brokers.clone()], &topic);
-        conf.sync_push = true;
+        conf.sync_push = false;
+        conf.flush_interval = Duration::from_millis(5);
         let pusher = runtime
             .block_on(async { kq::Pusher::from_conf(&conf) })
             .unwrap();
@@ -190,6 +192,7 @@ fn killed_consumers_lose_nothing_and_keep_key_order() {
                 // Spread over the whole test, so that every kill lands while messages flow.
                 tokio::time::sleep(Duration::from_millis(1200)).await;
             }
+            pusher.close().await.expect("every push delivered");
         })
     };
 

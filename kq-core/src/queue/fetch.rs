@@ -9,8 +9,8 @@
 //! Backpressure is by not taking: messages in hand wait for room in the stash (see `stash`),
 //! which reads ahead at most `MaxBytes`, and librdkafka stops fetching once its own prefetch
 //! queue (`queued.max.messages.kbytes`) is full. Pausing partitions instead would discard
-//! what librdkafka already fetched and refetch it from the middle of a record batch on
-//! resume, which some Kafka-compatible brokers never answer.
+//! what librdkafka already fetched, to fetch it again from the middle of a record batch on
+//! resume.
 
 use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
