@@ -10,6 +10,8 @@
 # NAME (default `kafka`) is the instance: each has its state (data, log, certificates, ports)
 # in .broker/NAME, so a test that restarts its own broker leaves the shared one alone. A
 # stopped instance started again has its topics, records and committed offsets back.
+# KQ_BROKER_DATA, when set as an instance is first started, puts its data (the log segments)
+# there instead, such as on a tmpfs; KQ_BROKER_HEAP sets the broker's heap (default 1g).
 #
 # Every instance serves three listeners (LISTENER for `addr`):
 #   plain  no security (the default)
@@ -30,6 +32,7 @@ command=${1:-up}
 name=${2:-kafka}
 [[ $name =~ ^[A-Za-z0-9_-]+$ ]] || { echo "bad broker name '$name'" >&2; exit 2; }
 state="$root/.broker/$name"
+data_link="$state/data"
 pom="$root/scripts/kafka/pom.xml"
 heap=${KQ_BROKER_HEAP:-1g}
 
@@ -116,7 +119,7 @@ inter.broker.listener.name=PLAINTEXT
 listeners=PLAINTEXT://127.0.0.1:$plain,SSL://127.0.0.1:$tls,SASL_PLAINTEXT://127.0.0.1:$sasl,CONTROLLER://127.0.0.1:$controller
 advertised.listeners=PLAINTEXT://127.0.0.1:$plain,SSL://127.0.0.1:$tls,SASL_PLAINTEXT://127.0.0.1:$sasl
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT
-log.dirs=$state/data
+log.dirs=$data_link
 
 # One node: one replica of everything, and the internal topics small.
 offsets.topic.replication.factor=1
@@ -165,8 +168,12 @@ up() {
   sasl=$(port sasl)
   controller=$(port controller)
   write_properties "$plain" "$tls" "$sasl" "$controller"
+  if [[ ! -e $data_link && -n ${KQ_BROKER_DATA:-} ]]; then
+    mkdir -p "$KQ_BROKER_DATA"
+    ln -s "$KQ_BROKER_DATA" "$data_link"
+  fi
   # shellcheck disable=SC2046
-  if [[ ! -f "$state/data/meta.properties" ]]; then
+  if [[ ! -f "$data_link/meta.properties" ]]; then
     # Storage is formatted once; SCRAM users are written into the cluster's metadata with it.
     java $(java_opts) -cp "$cp" kafka.tools.StorageTool format \
       --config "$state/server.properties" \
@@ -224,7 +231,12 @@ addr() {
 case "$command" in
   up) up ;;
   down) down ;;
-  wipe) down; rm -rf "$state" ;;
+  wipe)
+    down
+    # Data elsewhere (KQ_BROKER_DATA) goes with the instance.
+    [[ -L $data_link ]] && rm -rf "$(readlink "$data_link")"
+    rm -rf "$state"
+    ;;
   addr) addr "${3:-plain}" ;;
   *) echo "usage: $0 up|addr|down|wipe [NAME] [plain|tls|sasl]" >&2; exit 2 ;;
 esac
