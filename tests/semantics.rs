@@ -574,3 +574,110 @@ async fn a_broker_outage_is_ridden_out() {
     running.stop().await;
     assert_eq!(log.distinct(), 20);
 }
+
+#[kq::consumer(conf = "Lost")]
+async fn lost(member: &kq::State<Member>, key: &str, value: &str) {
+    member.log.push(member.id, key, value);
+}
+
+/// kq's own log lines, from every thread (rebalances run on a member's fetch thread).
+fn kq_log() -> &'static Mutex<Vec<String>> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    /// Records the text of every event from kq.
+    struct Record;
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Record {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            struct Message(String);
+            impl tracing::field::Visit for Message {
+                fn record_debug(
+                    &mut self,
+                    field: &tracing::field::Field,
+                    value: &dyn std::fmt::Debug,
+                ) {
+                    if field.name() == "message" {
+                        self.0 = format!("{value:?}");
+                    }
+                }
+            }
+            if event.metadata().target().starts_with("kq") {
+                let mut message = Message(String::new());
+                event.record(&mut message);
+                kq_log().lock().unwrap().push(message.0);
+            }
+        }
+    }
+
+    static LOG: std::sync::OnceLock<Mutex<Vec<String>>> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        // Global, as the fetch thread logs outside the test's own thread.
+        let _ =
+            tracing::subscriber::set_global_default(tracing_subscriber::registry().with(Record));
+        Mutex::new(Vec::new())
+    })
+}
+
+/// A member the group drops (its coordinator answers a heartbeat with UNKNOWN_MEMBER_ID, as it
+/// does once the member's session expired) has lost its partitions: kq commits nothing for
+/// them, since their next owner may be past what it handled, rejoins, and has every message
+/// handled again from the last commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_loses_its_partitions_commits_nothing_and_rejoins() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    if real_broker() {
+        // Refusing heartbeats is the in-process broker's fault injection.
+        return;
+    }
+    let log_lines = kq_log();
+    let cluster = MockCluster::new(1).expect("broker");
+    let brokers = cluster.bootstrap_servers();
+    let topic = unique("lost");
+    cluster.create_topic(&topic, 2, 1).expect("topic");
+    let mut conf = kq::PusherConf::new([brokers.clone()], topic.as_str());
+    conf.sync_push = true;
+    let pusher = Pusher::from_conf(&conf).expect("pusher");
+    for i in 0..10 {
+        pusher
+            .kpush(format!("k{i}"), format!("m{i}"))
+            .await
+            .unwrap();
+    }
+
+    let mut conf = consumer_conf(&topic);
+    conf.brokers = vec![brokers];
+    // Nothing is committed on the interval: what the member handled is saved only by a
+    // commit on release, which a lost partition must not get.
+    conf.commit_interval = Duration::from_secs(3600);
+    let log = Arc::new(Log::default());
+    let running = start("lost", conf, 0, &log);
+    assert!(
+        eventually(WAIT, || log.count() >= 10).await,
+        "first delivery"
+    );
+
+    cluster.request_errors(
+        RDKafkaApiKey::Heartbeat,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID],
+    );
+    // The group gives the partitions back, from their last commit: none.
+    assert!(
+        eventually(WAIT, || log.count() >= 20).await,
+        "handled {} after the loss: {:?}",
+        log.count(),
+        log.values()
+    );
+    running.stop().await;
+    assert_eq!(log.distinct(), 10);
+    let lines = log_lines.lock().unwrap().clone();
+    assert!(
+        lines.iter().any(|l| l.starts_with("partitions lost")),
+        "{lines:#?}"
+    );
+}

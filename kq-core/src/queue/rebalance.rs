@@ -2,7 +2,7 @@
 //! partition before it is released.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,9 @@ pub(crate) struct Member {
     /// Liveness for the health endpoint, when collection is on.
     pub health: Option<Arc<MemberHealth>>,
     partitions: Mutex<HashMap<i32, Arc<PartitionState>>>,
+    /// Set once the stop has committed and released everything: the revoke that closing the
+    /// consumer triggers then has nothing left to do or say.
+    stopped: AtomicBool,
 }
 
 impl Member {
@@ -52,6 +55,7 @@ impl Member {
             buffers: Arc::default(),
             health,
             partitions: Mutex::new(HashMap::new()),
+            stopped: AtomicBool::new(false),
         }
     }
 
@@ -149,8 +153,8 @@ impl Member {
             .assignment()
             .map(|list| partitions_of(&list))
             .unwrap_or_default();
-        // Nothing is left for the revoke that closing the consumer triggers.
         self.partitions().clear();
+        self.stopped.store(true, Ordering::Release);
         self.report_release(&assigned, saved);
     }
 
@@ -299,6 +303,9 @@ impl ConsumerContext for MemberContext {
     // member can still commit for partitions it is losing.
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
+            if self.member.stopped.load(Ordering::Acquire) {
+                return;
+            }
             if let Some(observed) = &self.member.queue.observed {
                 observed.rebalanced("revoke");
             }
@@ -373,14 +380,12 @@ impl ConsumerContext for MemberContext {
             }
             return;
         }
-        // librdkafka sends a refused watermark again at its next commit, for as long as the
-        // partition is owned.
         tracing::warn!(
             consumer = %self.member.queue.name,
             topic = %self.member.topic,
             not_committed = ?refused.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>(),
             error = %refused[0].2,
-            "commit refused; it is sent again at the next commit"
+            "commit refused; while the partitions stay assigned, it is sent again at the next commit"
         );
     }
 }
