@@ -79,6 +79,26 @@ fn pusher(topic: &str) -> Pusher {
     Pusher::from_conf(&pusher_conf(topic)).expect("pusher")
 }
 
+/// A broker of the test's own (librdkafka's mock cluster), so that the faults it is told to
+/// inject reach no other test's requests, with a fresh topic of `partitions` and a pusher
+/// that waits for each delivery.
+fn own_broker(
+    name: &str,
+    partitions: i32,
+) -> (
+    rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    String,
+    Pusher,
+) {
+    let cluster = rdkafka::mocking::MockCluster::new(1).expect("broker");
+    let topic = unique(name);
+    cluster.create_topic(&topic, partitions, 1).expect("topic");
+    let mut conf = kq::PusherConf::new([cluster.bootstrap_servers()], topic.as_str());
+    conf.sync_push = true;
+    let pusher = Pusher::from_conf(&conf).expect("pusher");
+    (cluster, topic, pusher)
+}
+
 #[kq::consumer(conf = "OutOfOrder")]
 async fn out_of_order(member: &kq::State<Member>, key: &str, value: &str) {
     if value == "slow" {
@@ -284,28 +304,19 @@ async fn exhausted_messages_go_to_the_dead_letter_topic_with_their_story() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_the_broker_refuses_is_written_again_not_skipped() {
-    use rdkafka::mocking::MockCluster;
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
     if real_broker() {
         // Refusing writes is the in-process broker's fault injection.
         return;
     }
-    // A broker of the test's own, so that its refusals reach no other test's writes.
-    let cluster = MockCluster::new(1).expect("broker");
+    let (cluster, topic, pusher) = own_broker("dead-letter-refused", 1);
     let brokers = cluster.bootstrap_servers();
-    let topic = unique("dead-letter-refused");
     let dead_letter_topic = format!("{topic}-dlq");
-    for topic in [&topic, &dead_letter_topic] {
-        cluster.create_topic(topic, 1, 1).expect("topic");
-    }
-    let mut conf = kq::PusherConf::new([brokers.clone()], topic.as_str());
-    conf.sync_push = true;
-    Pusher::from_conf(&conf)
-        .expect("pusher")
-        .kpush("order-1", "poison")
-        .await
-        .unwrap();
+    cluster
+        .create_topic(&dead_letter_topic, 1, 1)
+        .expect("topic");
+    pusher.kpush("order-1", "poison").await.unwrap();
 
     // The next two writes, the dead letter's first two tries, fail for good.
     cluster.request_errors(
@@ -470,21 +481,14 @@ fn committed_offset(brokers: &str, group: &str, topic: &str) -> Option<i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_commit_is_sent_again_though_the_watermark_has_not_moved() {
-    use rdkafka::mocking::MockCluster;
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
     if real_broker() {
         // Refusing commits is the in-process broker's fault injection.
         return;
     }
-    // A broker of the test's own, so that its refusals reach no other test's commits.
-    let cluster = MockCluster::new(1).expect("broker");
+    let (cluster, topic, pusher) = own_broker("refused-commits", 1);
     let brokers = cluster.bootstrap_servers();
-    let topic = unique("refused-commits");
-    cluster.create_topic(&topic, 1, 1).expect("topic");
-    let mut conf = kq::PusherConf::new([brokers.clone()], topic.as_str());
-    conf.sync_push = true;
-    let pusher = Pusher::from_conf(&conf).expect("pusher");
     for i in 0..5 {
         pusher.kpush("k", format!("m{i}")).await.unwrap();
     }
@@ -628,7 +632,6 @@ fn kq_log() -> &'static Mutex<Vec<String>> {
 /// handled again from the last commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_that_loses_its_partitions_commits_nothing_and_rejoins() {
-    use rdkafka::mocking::MockCluster;
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
     if real_broker() {
@@ -636,13 +639,8 @@ async fn a_member_that_loses_its_partitions_commits_nothing_and_rejoins() {
         return;
     }
     let log_lines = kq_log();
-    let cluster = MockCluster::new(1).expect("broker");
+    let (cluster, topic, pusher) = own_broker("lost", 2);
     let brokers = cluster.bootstrap_servers();
-    let topic = unique("lost");
-    cluster.create_topic(&topic, 2, 1).expect("topic");
-    let mut conf = kq::PusherConf::new([brokers.clone()], topic.as_str());
-    conf.sync_push = true;
-    let pusher = Pusher::from_conf(&conf).expect("pusher");
     for i in 0..10 {
         pusher
             .kpush(format!("k{i}"), format!("m{i}"))

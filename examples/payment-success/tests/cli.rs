@@ -4,9 +4,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,7 @@ use common::{package_dir, real_broker, sigterm, spawn_service, stopped, Scratch,
 #[test]
 fn the_seed_service_consumes_its_payments_and_stops_on_sigterm() {
     let (lines_tx, lines) = mpsc::channel();
-    let (mut child, _reader) = spawn_service(None, None, (), lines_tx);
+    let (mut child, _reader) = spawn_service(None, Some("info"), (), lines_tx);
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut handled = Vec::new();
@@ -206,7 +205,7 @@ fn killed_consumers_lose_nothing_and_keep_key_order() {
     let mut runs: Vec<Vec<(String, String)>> = Vec::new();
     let run = || {
         let (tx, rx) = mpsc::channel();
-        let (child, reader) = spawn_service(Some(&file), None, (), tx);
+        let (child, reader) = spawn_service(Some(&file), Some("info"), (), tx);
         (child, rx, reader)
     };
 
@@ -343,32 +342,21 @@ fn describe_prints_the_topology_as_asyncapi() {
 /// Runs the service on `file` without `RUST_LOG` until it logged its five payments or `limit`
 /// passed, stops it, and returns every line it printed and its exit code.
 fn output_of_a_run(file: &Path, limit: Duration) -> (Vec<String>, Option<i32>) {
-    let mut child = Command::new(SERVICE)
-        .arg("-f")
-        .arg(file)
-        .current_dir(package_dir())
-        .env_remove("RUST_LOG")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the service");
-    let stdout = child.stdout.take().expect("piped stdout");
     let (lines_tx, lines) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
+    let (mut child, reader) = spawn_service(Some(file), None, (), lines_tx);
     let deadline = Instant::now() + limit;
     let mut printed = Vec::new();
     while payments(&printed) < 5 && Instant::now() < deadline {
-        printed.extend(lines.recv_timeout(Duration::from_millis(200)));
+        printed.extend(
+            lines
+                .recv_timeout(Duration::from_millis(200))
+                .map(|((), line)| line),
+        );
     }
     sigterm(&mut child);
     let status = stopped(&mut child);
     reader.join().unwrap();
-    printed.extend(lines.try_iter());
+    printed.extend(lines.try_iter().map(|((), line)| line));
     (printed, status.code())
 }
 

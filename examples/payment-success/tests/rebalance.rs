@@ -444,6 +444,19 @@ impl Record {
     }
 }
 
+/// A fleet on a fresh topic of `partitions`, with `keys` × `rounds` messages flowing into it
+/// over `time` (see `push_while`): the pushing thread returns how many it pushed.
+fn flowing(
+    name: &str,
+    brokers: String,
+    partitions: i32,
+    (keys, rounds, time): (usize, usize, Duration),
+) -> (Fleet, JoinHandle<usize>) {
+    let fleet = Fleet::new(name, brokers, partitions);
+    let pushing = push_while(&fleet.brokers, &fleet.topic, keys, rounds, time);
+    (fleet, pushing)
+}
+
 /// The rolling deploy a Kubernetes Deployment does: three members join 6 s apart, then the
 /// first two leave by SIGTERM, while 40,000 keyed messages flow and handlers take 0 to 6 ms.
 #[test]
@@ -451,17 +464,9 @@ fn a_rolling_deploy_loses_nothing_and_redelivers_next_to_nothing() {
     let Some(brokers) = real_broker() else {
         return;
     };
-    const KEYS: usize = 64;
-    const ROUNDS: usize = 625;
     const WORK: Duration = Duration::from_millis(6);
-    let mut fleet = Fleet::new("rolling", brokers, 8);
-    let pushing = push_while(
-        &fleet.brokers,
-        &fleet.topic,
-        KEYS,
-        ROUNDS,
-        Duration::from_secs(30),
-    );
+    let flow = (64, 625, Duration::from_secs(30));
+    let (mut fleet, pushing) = flowing("rolling", brokers, 8, flow);
     let first = fleet.join(WORK);
     fleet.collect(Duration::from_secs(6));
     let second = fleet.join(WORK);
@@ -488,17 +493,9 @@ fn members_leaving_while_others_join_lose_nothing() {
     let Some(brokers) = real_broker() else {
         return;
     };
-    const KEYS: usize = 32;
-    const ROUNDS: usize = 500;
     const WORK: Duration = Duration::from_millis(4);
-    let mut fleet = Fleet::new("relay", brokers, 6);
-    let pushing = push_while(
-        &fleet.brokers,
-        &fleet.topic,
-        KEYS,
-        ROUNDS,
-        Duration::from_secs(20),
-    );
+    let flow = (32, 500, Duration::from_secs(20));
+    let (mut fleet, pushing) = flowing("relay", brokers, 6, flow);
     let mut current = fleet.join(WORK);
     fleet.collect(Duration::from_secs(4));
     for _ in 0..4 {
@@ -525,16 +522,8 @@ fn a_final_commit_that_meets_a_rebalance_still_lands() {
     let Some(brokers) = real_broker() else {
         return;
     };
-    const KEYS: usize = 12;
-    const ROUNDS: usize = 40;
-    let mut fleet = Fleet::new("final-commit", brokers, 6);
-    let pushing = push_while(
-        &fleet.brokers,
-        &fleet.topic,
-        KEYS,
-        ROUNDS,
-        Duration::from_secs(16),
-    );
+    let flow = (12, 40, Duration::from_secs(16));
+    let (mut fleet, pushing) = flowing("final-commit", brokers, 6, flow);
     let quick = fleet.join(Duration::from_millis(5));
     fleet.collect(Duration::from_secs(3));
     let slow = fleet.join(Duration::from_secs(1));

@@ -18,7 +18,7 @@ pub fn package_dir() -> &'static Path {
 
 /// Starts the service in its package directory (with `-f file` when given) and sends each
 /// line it prints, tagged with `tag`, to `lines`. Returns the process and the thread reading
-/// it. `RUST_LOG` is `log` when given, `info` otherwise.
+/// it. `RUST_LOG` is `log`, or unset for `None`: the config's `Log` block decides.
 pub fn spawn_service<T: Send + Clone + 'static>(
     file: Option<&Path>,
     log: Option<&str>,
@@ -29,9 +29,12 @@ pub fn spawn_service<T: Send + Clone + 'static>(
     if let Some(file) = file {
         command.arg("-f").arg(file);
     }
+    match log {
+        Some(log) => command.env("RUST_LOG", log),
+        None => command.env_remove("RUST_LOG"),
+    };
     let mut child = command
         .current_dir(package_dir())
-        .env("RUST_LOG", log.unwrap_or("info"))
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
