@@ -264,6 +264,9 @@ struct Record {
     trouble: Vec<(usize, String)>,
     /// Commits refused and sent again, with their member.
     retried: Vec<(usize, String)>,
+    /// The watermarks members committed as they released partitions:
+    /// (member, when, partition, offset).
+    releases: Vec<(usize, String, i64, i64)>,
 }
 
 impl Record {
@@ -273,6 +276,7 @@ impl Record {
         let mut open: HashMap<(usize, i64), String> = HashMap::new();
         let mut trouble = Vec::new();
         let mut retried = Vec::new();
+        let mut releases = Vec::new();
         for (member, line) in printed {
             if let Some(h) = Handled::parse(*member, line) {
                 handled.push(h);
@@ -300,6 +304,10 @@ impl Record {
                     }
                 }
                 "partitions released" | "partitions lost" => {
+                    let committed = logged["committed"].as_str().unwrap_or_default();
+                    for (p, offset) in pairs(committed) {
+                        releases.push((*member, at.clone(), p, offset));
+                    }
                     for p in partitions() {
                         if let Some(from) = open.remove(&(*member, p)) {
                             ownership
@@ -341,6 +349,7 @@ impl Record {
             ownership,
             trouble,
             retried,
+            releases,
         }
     }
 
@@ -378,6 +387,36 @@ impl Record {
             *newest = (*newest).max(seq);
         }
         breaks
+    }
+
+    /// Messages handled again although the member that first handled them released their
+    /// partition with a commit past them: a commit that went backwards, or never landed.
+    /// Those past the commit are the re-deliveries a move is allowed: they finished out of
+    /// order beyond the partition's first unfinished message.
+    fn redelivered_below_the_commit(&self) -> (Vec<String>, usize) {
+        let mut first: HashMap<&str, &Handled> = HashMap::new();
+        let mut faults = Vec::new();
+        let mut past_the_commit = 0;
+        for h in &self.handled {
+            let Some(earlier) = first.get(h.value.as_str()) else {
+                first.insert(&h.value, h);
+                continue;
+            };
+            let release = self.releases.iter().find(|(m, at, p, _)| {
+                *m == earlier.member && *p == earlier.partition && *at >= earlier.at
+            });
+            if let Some((_, at, _, committed)) = release {
+                if earlier.offset >= *committed {
+                    past_the_commit += 1;
+                } else {
+                    faults.push(format!(
+                        "{} (partition {} offset {}) handled by member {} at {}, released at {} with {committed}, handled again by member {} at {}",
+                        h.value, h.partition, h.offset, earlier.member, earlier.at, at, h.member, h.at
+                    ));
+                }
+            }
+        }
+        (faults, past_the_commit)
     }
 
     /// Two members owning one partition at once, or a member handling a partition outside
@@ -436,12 +475,26 @@ impl Record {
         );
         let faults = self.ownership_faults();
         assert!(faults.is_empty(), "{name}: {faults:#?}");
+        let (below, past) = self.redelivered_below_the_commit();
+        eprintln!("{name}: {past} re-deliveries past their previous owner's released commit");
+        assert!(below.is_empty(), "{name}: {below:#?}");
         assert!(
             self.duplicates() <= duplicates_allowed,
             "{name}: {} duplicates, at most {duplicates_allowed} expected",
             self.duplicates()
         );
     }
+}
+
+/// The `(partition, offset)` pairs of a logged list such as `[(4, 96), (5, 48)]`.
+fn pairs(list: &str) -> Vec<(i64, i64)> {
+    list.split('(')
+        .filter_map(|pair| {
+            let (partition, offset) = pair.split_once(',')?;
+            let offset = offset.trim().split(')').next()?;
+            Some((partition.trim().parse().ok()?, offset.parse().ok()?))
+        })
+        .collect()
 }
 
 /// A fleet on a fresh topic of `partitions`, with `keys` × `rounds` messages flowing into it
