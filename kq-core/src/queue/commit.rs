@@ -287,23 +287,45 @@ fn commit_and_wait<C: ConsumerContext>(
         if event.is_null() {
             return Err(RDKafkaErrorCode::OperationTimedOut);
         }
-        let mut result = match rdsys::rd_kafka_event_error(event) {
-            rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => Ok(()),
-            err => Err(err.into()),
-        };
-        let partitions = rdsys::rd_kafka_event_topic_partition_list(event);
-        if result.is_ok() && !partitions.is_null() {
-            let partitions = &*partitions;
-            let elements = std::slice::from_raw_parts(partitions.elems, partitions.cnt as usize);
-            if let Some(refused) = elements
-                .iter()
-                .find(|e| e.err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR)
-            {
-                result = Err(refused.err.into());
+        let result = if rdsys::rd_kafka_event_type(event) != rdsys::RD_KAFKA_EVENT_OFFSET_COMMIT {
+            // Nothing else is sent to this queue; an answer of another kind is no commit.
+            Err(RDKafkaErrorCode::Fail)
+        } else {
+            match rdsys::rd_kafka_event_error(event) {
+                rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => {
+                    first_refusal(rdsys::rd_kafka_event_topic_partition_list(event))
+                }
+                err => Err(err.into()),
             }
-        }
+        };
         rdsys::rd_kafka_event_destroy(event);
         result
+    }
+}
+
+/// The first partition's error in a commit's answer, if any partition was refused.
+///
+/// # Safety
+///
+/// `partitions` is null or a list librdkafka owns that lives for the call.
+unsafe fn first_refusal(
+    partitions: *const rdsys::rd_kafka_topic_partition_list_t,
+) -> Result<(), RDKafkaErrorCode> {
+    // SAFETY: the caller's promise; a list with elements has a non-null array of `cnt`.
+    let elements = unsafe {
+        match partitions.as_ref() {
+            Some(list) if list.cnt > 0 && !list.elems.is_null() => {
+                std::slice::from_raw_parts(list.elems, list.cnt as usize)
+            }
+            _ => return Ok(()),
+        }
+    };
+    match elements
+        .iter()
+        .find(|e| e.err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR)
+    {
+        Some(refused) => Err(refused.err.into()),
+        None => Ok(()),
     }
 }
 
