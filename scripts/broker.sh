@@ -168,7 +168,10 @@ up() {
   sasl=$(port sasl)
   controller=$(port controller)
   write_properties "$plain" "$tls" "$sasl" "$controller"
-  if [[ ! -e $data_link && -n ${KQ_BROKER_DATA:-} ]]; then
+  if [[ -L $data_link ]]; then
+    # Data elsewhere that went away (a tmpfs after a reboot) starts again empty.
+    mkdir -p "$(readlink "$data_link")"
+  elif [[ ! -e $data_link && -n ${KQ_BROKER_DATA:-} ]]; then
     mkdir -p "$KQ_BROKER_DATA"
     ln -s "$KQ_BROKER_DATA" "$data_link"
   fi
