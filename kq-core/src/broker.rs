@@ -8,126 +8,58 @@ use std::thread;
 use rdkafka::mocking::MockCluster;
 use rdkafka::ClientConfig;
 
-use crate::conf::{InvalidConf, Mechanism};
+use crate::conf::Connection;
 use crate::error::Error;
 
 /// The broker list entry that selects the embedded broker.
-pub const EMBEDDED: &str = "embedded";
+pub use crate::conf::EMBEDDED;
 
 /// Partitions of a topic the embedded broker creates on first use.
 pub const EMBEDDED_PARTITIONS: i32 = 8;
 
-/// The connection and security keys that consumers and pushers share.
-pub(crate) struct Connection<'a> {
-    pub name: &'a str,
-    pub brokers: &'a [String],
-    pub ca_file: &'a str,
-    pub cert_file: &'a str,
-    pub key_file: &'a str,
-    pub tls: bool,
-    pub insecure_skip_verify: bool,
-    pub username: &'a str,
-    pub password: &'a str,
-    pub mechanism: Mechanism,
+/// A librdkafka configuration with bootstrap servers, client id and security set.
+pub(crate) fn client_config(connection: &Connection<'_>) -> Result<ClientConfig, Error> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap_servers(connection.brokers)?);
+    if !connection.name.is_empty() {
+        config.set("client.id", connection.name);
+    }
+    let protocol = match (connection.uses_tls(), connection.uses_sasl()) {
+        (false, false) => "plaintext",
+        (true, false) => "ssl",
+        (false, true) => "sasl_plaintext",
+        (true, true) => "sasl_ssl",
+    };
+    config.set("security.protocol", protocol);
+    if !connection.ca_file.is_empty() {
+        config.set("ssl.ca.location", connection.ca_file);
+    }
+    if !connection.cert_file.is_empty() {
+        config
+            .set("ssl.certificate.location", connection.cert_file)
+            .set("ssl.key.location", connection.key_file);
+    }
+    if connection.insecure_skip_verify {
+        config
+            .set("enable.ssl.certificate.verification", "false")
+            .set("ssl.endpoint.identification.algorithm", "none");
+    }
+    if connection.uses_sasl() {
+        config
+            .set("sasl.mechanism", connection.mechanism.keyword())
+            .set("sasl.username", connection.username)
+            .set("sasl.password", connection.password);
+    }
+    Ok(config)
 }
 
-impl Connection<'_> {
-    /// Brokers reached without TLS or SASL.
-    pub fn plain<'a>(name: &'a str, brokers: &'a [String]) -> Connection<'a> {
-        Connection {
-            name,
-            brokers,
-            ca_file: "",
-            cert_file: "",
-            key_file: "",
-            tls: false,
-            insecure_skip_verify: false,
-            username: "",
-            password: "",
-            mechanism: Mechanism::Plain,
-        }
+/// Creates `topic` on first use when this connection goes to the embedded broker; a
+/// cluster's topics are the cluster's business.
+pub(crate) fn ensure_embedded_topic(connection: &Connection<'_>, topic: &str) -> Result<(), Error> {
+    if is_embedded(connection.brokers) {
+        EmbeddedBroker::get()?.create_topic(topic, EMBEDDED_PARTITIONS)?;
     }
-
-    fn uses_tls(&self) -> bool {
-        self.tls || !self.ca_file.is_empty() || !self.cert_file.is_empty()
-    }
-
-    fn uses_sasl(&self) -> bool {
-        !self.username.is_empty()
-    }
-
-    /// Checks the security keys: both halves of a client certificate, readable files, a user
-    /// for SCRAM. Names the key at fault.
-    pub fn validate(&self) -> Result<(), InvalidConf> {
-        match (self.cert_file.is_empty(), self.key_file.is_empty()) {
-            (false, true) => return Err(InvalidConf::new("KeyFile", "is needed with `CertFile`")),
-            (true, false) => return Err(InvalidConf::new("CertFile", "is needed with `KeyFile`")),
-            _ => {}
-        }
-        for (key, path) in [
-            ("CaFile", self.ca_file),
-            ("CertFile", self.cert_file),
-            ("KeyFile", self.key_file),
-        ] {
-            if !path.is_empty() {
-                std::fs::File::open(path).map_err(|e| {
-                    InvalidConf::new(key, format!("cannot be read from `{path}`: {e}"))
-                })?;
-            }
-        }
-        if !self.uses_sasl() && (!self.password.is_empty() || self.mechanism != Mechanism::Plain) {
-            return Err(InvalidConf::new(
-                "Username",
-                "must be set when `Password` or `Mechanism` is",
-            ));
-        }
-        Ok(())
-    }
-
-    /// A librdkafka configuration with bootstrap servers, client id and security set.
-    pub fn client_config(&self) -> Result<ClientConfig, Error> {
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", bootstrap_servers(self.brokers)?);
-        if !self.name.is_empty() {
-            config.set("client.id", self.name);
-        }
-        let protocol = match (self.uses_tls(), self.uses_sasl()) {
-            (false, false) => "plaintext",
-            (true, false) => "ssl",
-            (false, true) => "sasl_plaintext",
-            (true, true) => "sasl_ssl",
-        };
-        config.set("security.protocol", protocol);
-        if !self.ca_file.is_empty() {
-            config.set("ssl.ca.location", self.ca_file);
-        }
-        if !self.cert_file.is_empty() {
-            config
-                .set("ssl.certificate.location", self.cert_file)
-                .set("ssl.key.location", self.key_file);
-        }
-        if self.insecure_skip_verify {
-            config
-                .set("enable.ssl.certificate.verification", "false")
-                .set("ssl.endpoint.identification.algorithm", "none");
-        }
-        if self.uses_sasl() {
-            config
-                .set("sasl.mechanism", self.mechanism.keyword())
-                .set("sasl.username", self.username)
-                .set("sasl.password", self.password);
-        }
-        Ok(config)
-    }
-
-    /// Creates `topic` on first use when this connection goes to the embedded broker; a
-    /// cluster's topics are the cluster's business.
-    pub fn ensure_embedded_topic(&self, topic: &str) -> Result<(), Error> {
-        if is_embedded(self.brokers) {
-            EmbeddedBroker::get()?.create_topic(topic, EMBEDDED_PARTITIONS)?;
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 pub(crate) fn is_embedded(brokers: &[String]) -> bool {
@@ -283,7 +215,7 @@ pub async fn create_topic(brokers: &[String], topic: &str, partitions: i32) -> R
     }
     let connection = Connection::plain("", brokers);
     let admin: AdminClient<rdkafka::client::DefaultClientContext> =
-        connection.client_config()?.create()?;
+        client_config(&connection)?.create()?;
     let results = admin
         .create_topics(
             &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
@@ -302,9 +234,10 @@ pub async fn create_topic(brokers: &[String], topic: &str, partitions: i32) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conf::Mechanism;
 
     fn settings(connection: &Connection<'_>) -> ClientConfig {
-        connection.client_config().unwrap()
+        client_config(connection).unwrap()
     }
 
     #[test]

@@ -2,8 +2,6 @@
 
 use rdkafka::error::KafkaError;
 
-use crate::conf::InvalidConf;
-
 /// Anything that stops a queue, a pusher or the service from starting or running.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -28,4 +26,23 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+}
+
+/// A value that deserialized but cannot work, with the key it came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{key}` {reason}")]
+pub struct InvalidConf {
+    /// The key at fault, relative to its block (`Processors`, `Retry.Attempts`).
+    pub key: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl InvalidConf {
+    pub(crate) fn new(key: &'static str, reason: impl Into<String>) -> Self {
+        InvalidConf {
+            key,
+            reason: reason.into(),
+        }
+    }
 }

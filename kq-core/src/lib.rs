@@ -18,6 +18,7 @@ pub mod pusher;
 pub mod queue;
 pub mod registry;
 pub mod service;
+mod shutdown;
 mod sync;
 pub mod telemetry;
 mod trace;

@@ -10,15 +10,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use prometheus_client::metrics::counter::Counter;
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Message as _, OwnedHeaders};
+use rdkafka::message::{Message as _, OwnedHeaders};
 use rdkafka::producer::{
     BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
 };
 use tokio::sync::oneshot;
 
+use crate::broker;
 use crate::conf::PusherConf;
 use crate::error::Error;
 use crate::sync::lock;
+use crate::trace;
 
 /// Where a pushed message landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,13 +224,13 @@ impl Pusher {
     pub fn from_conf(conf: &PusherConf) -> Result<Pusher, Error> {
         conf.validate()?;
         let connection = conf.connection();
-        connection.ensure_embedded_topic(&conf.topic)?;
+        broker::ensure_embedded_topic(&connection, &conf.topic)?;
         let linger = if conf.sync_push {
             0
         } else {
             conf.flush_interval.as_millis()
         };
-        let mut config = connection.client_config()?;
+        let mut config = broker::client_config(&connection)?;
         config
             // By default murmur2, as Java clients: the same key lands on the same partition
             // whichever client wrote it.
@@ -425,7 +427,7 @@ impl Pusher {
             (Box::new(None), None)
         };
         // The caller's trace continues in whoever consumes the message.
-        let headers = crate::trace::inject(headers);
+        let headers = trace::inject(headers);
         let started = Instant::now();
         let mut record: BaseRecord<'_, [u8], [u8], Waiter> =
             BaseRecord::with_opaque_to(&inner.topic, waiter);
@@ -510,7 +512,7 @@ impl<'a> Push<'a> {
 
     /// Adds a header. Headers keep their order, and a name may repeat.
     pub fn header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
-        self.headers = Some(append_header(self.headers, name, value.as_ref()));
+        self.headers = Some(trace::append_header(self.headers, name, value.as_ref()));
         self
     }
 
@@ -535,18 +537,6 @@ impl<'a> Push<'a> {
             .send(Some(key), Some(&self.value), self.headers)
             .await
     }
-}
-
-/// `headers`, or none yet, with one more at the end.
-pub(crate) fn append_header(
-    headers: Option<OwnedHeaders>,
-    name: &str,
-    value: &[u8],
-) -> OwnedHeaders {
-    headers.unwrap_or_default().insert(Header {
-        key: name,
-        value: Some(value),
-    })
 }
 
 /// go-queue keys keyless pushes with the current time in nanoseconds.

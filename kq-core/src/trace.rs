@@ -5,7 +5,7 @@
 //! message's headers, and the handler's span continues the trace found in the headers it
 //! reads, so one trace follows a request through every service the message passes.
 
-use rdkafka::message::OwnedHeaders;
+use rdkafka::message::{Header, OwnedHeaders};
 
 use crate::message::Message;
 
@@ -40,6 +40,18 @@ pub(crate) fn inject(headers: Option<OwnedHeaders>) -> Option<OwnedHeaders> {
     headers
 }
 
+/// `headers`, or none yet, with one more at the end.
+pub(crate) fn append_header(
+    headers: Option<OwnedHeaders>,
+    name: &str,
+    value: &[u8],
+) -> OwnedHeaders {
+    headers.unwrap_or_default().insert(Header {
+        key: name,
+        value: Some(value),
+    })
+}
+
 #[cfg(feature = "opentelemetry")]
 mod w3c {
     use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
@@ -48,8 +60,8 @@ mod w3c {
     use rdkafka::message::OwnedHeaders;
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+    use super::append_header;
     use crate::message::Message;
-    use crate::pusher::append_header;
 
     /// Headers being written: the propagator's fields appended as Kafka headers.
     struct HeaderInjector(Option<OwnedHeaders>);

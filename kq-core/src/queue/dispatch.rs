@@ -24,14 +24,13 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::{self, Thread};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use super::buffers::BufferPool;
-use super::fetch::BURST;
+use super::fetch::{RoomWait, BURST};
 use super::offsets::PartitionState;
 use crate::conf::Ordering;
 use crate::message::Message;
@@ -72,17 +71,6 @@ struct Lanes {
     /// Message vectors the processors emptied, for the dispatcher to fill again.
     spare_runs: Mutex<Vec<Vec<Message>>>,
     room: RoomWait,
-}
-
-/// The fetch thread waiting for room in the queue, and the processors waking it once they
-/// have made enough: half of `QueueCapacity`, so that it comes back to a burst's worth rather
-/// than to a few messages at a time.
-struct RoomWait {
-    /// Set while the fetch thread waits; the processor that wakes it clears it.
-    waiting: AtomicBool,
-    fetch_thread: OnceLock<Thread>,
-    /// Messages in flight at most for the wait to end.
-    low_water: usize,
 }
 
 /// One lane's runs, in order.
@@ -209,15 +197,7 @@ impl Intake {
         // Sequentially consistent with the fetch thread's `waiting` and count, so that one of
         // the two sees the other: it does not wait, or it is woken.
         let left = self.in_flight.fetch_sub(released, AtomicOrdering::SeqCst) - released;
-        let room = &self.lanes.room;
-        if left <= room.low_water
-            && room.waiting.load(AtomicOrdering::SeqCst)
-            && room.waiting.swap(false, AtomicOrdering::SeqCst)
-        {
-            if let Some(fetch_thread) = room.fetch_thread.get() {
-                fetch_thread.unpark();
-            }
-        }
+        self.lanes.room.made(left);
     }
 
     /// Hands runs' emptied message vectors back to the fetch thread, leaving `emptied` empty.
@@ -283,11 +263,7 @@ impl Dispatcher {
             closed: AtomicBool::new(false),
             handed_off: Notify::new(),
             spare_runs: Mutex::default(),
-            room: RoomWait {
-                waiting: AtomicBool::new(false),
-                fetch_thread: OnceLock::new(),
-                low_water: capacity / 2,
-            },
+            room: RoomWait::new(capacity),
         });
         let intakes = (0..processors)
             .map(|_| Intake {
@@ -329,13 +305,7 @@ impl Dispatcher {
     /// Waits on the fetch thread, up to `limit`, until the processors have made room in a
     /// full queue.
     pub fn wait_for_room(&self, limit: Duration) {
-        let room = &self.lanes.room;
-        room.fetch_thread.get_or_init(thread::current);
-        room.waiting.store(true, AtomicOrdering::SeqCst);
-        if self.in_flight.load(AtomicOrdering::SeqCst) > room.low_water {
-            thread::park_timeout(limit);
-        }
-        room.waiting.store(false, AtomicOrdering::SeqCst);
+        self.lanes.room.wait(&self.in_flight, limit);
     }
 
     /// Adds the message to its lane's next run.

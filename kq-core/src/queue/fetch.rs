@@ -14,8 +14,9 @@
 
 use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::Arc;
-use std::thread;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::{Arc, OnceLock};
+use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
@@ -32,10 +33,11 @@ use super::processor;
 use super::rebalance::{Member, MemberContext};
 use super::stash::{self, Stash};
 use super::QueueShared;
+use crate::broker;
 use crate::conf::KqConf;
 use crate::error::Error;
 use crate::message::Message;
-use crate::service::Shutdown;
+use crate::shutdown::Shutdown;
 
 /// How long the loop waits for a message before it comes round anyway (health, commits).
 const POLL: Duration = Duration::from_millis(100);
@@ -71,6 +73,54 @@ const STORE_EVERY: Duration = Duration::from_millis(10);
 const LEAVE_LIMIT: Duration = Duration::from_secs(10);
 /// The longest pause after repeated poll errors.
 const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The fetch thread waiting for room in the queue, and the processors waking it once they
+/// have made enough: half of `QueueCapacity`, so that it comes back to a burst's worth rather
+/// than to a few messages at a time. The dispatcher's lanes hold it, where the processors
+/// reach it.
+pub(super) struct RoomWait {
+    /// Set while the fetch thread waits; the processor that wakes it clears it.
+    waiting: AtomicBool,
+    fetch_thread: OnceLock<Thread>,
+    /// Messages in flight at most for the wait to end.
+    low_water: usize,
+}
+
+impl RoomWait {
+    pub fn new(capacity: usize) -> Self {
+        RoomWait {
+            waiting: AtomicBool::new(false),
+            fetch_thread: OnceLock::new(),
+            low_water: capacity / 2,
+        }
+    }
+
+    /// Parks the fetch thread, up to `limit`, until the messages `in_flight` are down to the
+    /// low water mark.
+    pub fn wait(&self, in_flight: &AtomicUsize, limit: Duration) {
+        self.fetch_thread.get_or_init(thread::current);
+        // Sequentially consistent with the processors' count and `waiting`, so that one of the
+        // two sees the other: the thread does not park, or it is woken.
+        self.waiting.store(true, AtomicOrdering::SeqCst);
+        if in_flight.load(AtomicOrdering::SeqCst) > self.low_water {
+            thread::park_timeout(limit);
+        }
+        self.waiting.store(false, AtomicOrdering::SeqCst);
+    }
+
+    /// A processor released messages, and `left` are in flight: wakes the fetch thread if it
+    /// waits and there is room enough now.
+    pub fn made(&self, left: usize) {
+        if left <= self.low_water
+            && self.waiting.load(AtomicOrdering::SeqCst)
+            && self.waiting.swap(false, AtomicOrdering::SeqCst)
+        {
+            if let Some(fetch_thread) = self.fetch_thread.get() {
+                fetch_thread.unpark();
+            }
+        }
+    }
+}
 
 /// Creates the member's consumer, its processors and its fetch thread. The returned future
 /// completes when the member has stopped.
@@ -192,8 +242,8 @@ pub(crate) fn spawn_member(
 /// librdkafka's consumer settings for a `KqConf`.
 fn consumer_config(conf: &KqConf, observed: bool) -> Result<ClientConfig, Error> {
     let connection = conf.connection();
-    connection.ensure_embedded_topic(&conf.topic)?;
-    let mut config = connection.client_config()?;
+    broker::ensure_embedded_topic(&connection, &conf.topic)?;
+    let mut config = broker::client_config(&connection)?;
     config
         .set("group.id", &conf.group)
         // librdkafka commits what kq stores, the watermarks, and nothing else: its automatic

@@ -39,28 +39,9 @@ use crate::error::Error;
 use crate::handler::{Handler, HandlerError};
 use crate::message::Message;
 use crate::observe::ConsumerMetrics;
+pub use crate::observe::{Metrics, Outcome};
 use crate::pusher::Pusher;
-use crate::service::Shutdown;
-
-/// What became of a message, as reported to [`Metrics`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Outcome {
-    /// The handler succeeded.
-    Ok,
-    /// The handler failed and the message will be tried again.
-    Retried,
-    /// The handler failed for good; the message was committed past (`ForceCommit: true`).
-    Failed,
-    /// The message was written to the dead-letter topic.
-    DeadLettered,
-}
-
-/// Receives the outcome and handler time of every message (go-queue's `WithMetrics`).
-pub trait Metrics: Send + Sync + 'static {
-    /// Called once per handler run.
-    fn record(&self, consumer: &str, outcome: Outcome, elapsed: Duration);
-}
+use crate::shutdown::Shutdown;
 
 /// Called with every message that failed for good (go-queue's `WithErrorHandler`).
 pub type ErrorHandler = Arc<dyn Fn(&Message, &HandlerError) + Send + Sync>;
@@ -244,6 +225,20 @@ impl QueueShared {
     pub fn reads_text(&self) -> bool {
         self.handler.reads_text()
     }
+
+    /// Runs an application callback (the error handler, the metrics) with its panic caught and
+    /// logged: the messages behind this one still have to run on this processor, and a
+    /// processor that died would stall its lane, and with it the member, for good.
+    pub fn guarded(&self, callback: &str, run: impl FnOnce()) {
+        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+            tracing::error!(
+                consumer = %self.name,
+                callback,
+                panic = crate::handler::panic_detail(&*panic),
+                "a callback panicked; the message is settled as if it had returned"
+            );
+        }
+    }
 }
 
 /// go-zero's stat log: once a minute, a line per consumer with its throughput and handler
@@ -261,16 +256,8 @@ async fn log_stats(metrics: Arc<ConsumerMetrics>, shutdown: Shutdown) {
 
 fn dead_letter_pusher(conf: &KqConf, topic: &str) -> Result<Pusher, Error> {
     let mut pusher_conf = crate::conf::PusherConf::new(conf.brokers.clone(), topic);
-    pusher_conf.name = conf.name.clone();
-    // The dead-letter topic lives in the consumer's cluster: the same credentials reach it.
-    pusher_conf.ca_file = conf.ca_file.clone();
-    pusher_conf.cert_file = conf.cert_file.clone();
-    pusher_conf.key_file = conf.key_file.clone();
-    pusher_conf.tls = conf.tls;
-    pusher_conf.insecure_skip_verify = conf.insecure_skip_verify;
-    pusher_conf.username = conf.username.clone();
-    pusher_conf.password = conf.password.clone();
-    pusher_conf.mechanism = conf.mechanism;
+    // The dead-letter topic lives in the consumer's cluster: the same keys reach it.
+    pusher_conf.connect_as(&conf.connection());
     // A dead letter must be on the broker before its source offset is committed.
     pusher_conf.sync_push = true;
     pusher_conf.flush_interval = Duration::from_millis(5);

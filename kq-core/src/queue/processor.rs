@@ -16,12 +16,11 @@ use tracing::Instrument as _;
 
 use super::dispatch::Intake;
 use super::offsets::PartitionState;
-use super::timing::Recorder;
+use super::timing::{self, Recorder};
 use super::{Outcome, QueueShared};
 use crate::handler::{HandlerError, HandlerErrorKind};
 use crate::message::Message;
-use crate::observe::Tally;
-use crate::service::Shutdown;
+use crate::shutdown::Shutdown;
 use crate::trace;
 
 /// Header names of a dead letter, next to the original headers.
@@ -211,7 +210,7 @@ async fn recover(
         // A payload that cannot be decoded will not decode on a second try.
         let retry = attempt < policy.attempts && error.kind() != HandlerErrorKind::Decode;
         if retry {
-            record(queue, Outcome::Retried, started);
+            timing::record_retried(queue, started);
             let wait = backoff(policy.backoff, policy.max_backoff, attempt);
             tracing::warn!(
                 consumer = %queue.name,
@@ -260,7 +259,7 @@ async fn give_up(
     attempt: u32,
 ) -> GiveUp {
     let policy = &queue.conf.retry;
-    guarded(queue, "error handler", || (queue.error_handler)(msg, error));
+    queue.guarded("error handler", || (queue.error_handler)(msg, error));
     if let Some(dead_letter) = &queue.dead_letter {
         // A message bound for the dead-letter topic finishes only once it is there: a failed
         // write holds the partition's commits and is tried again, whatever `ForceCommit`
@@ -301,7 +300,7 @@ async fn give_up(
     if queue.conf.force_commit {
         return GiveUp::Settled(Settled::Done(Outcome::Failed, started));
     }
-    record(queue, Outcome::Retried, started);
+    timing::record_retried(queue, started);
     tracing::warn!(
         consumer = %queue.name,
         topic = msg.topic(),
@@ -326,42 +325,6 @@ async fn run_handler(queue: &QueueShared, msg: &Message) -> Result<(), HandlerEr
         .catch_unwind()
         .await
         .unwrap_or_else(|panic| Err(HandlerError::panicked(&*panic)))
-}
-
-/// Reports a run to the application's `Metrics`, if it set any.
-pub(super) fn app_metrics(queue: &QueueShared, outcome: Outcome, elapsed: Duration) {
-    if let Some(metrics) = &queue.metrics {
-        guarded(queue, "metrics", || {
-            metrics.record(&queue.name, outcome, elapsed)
-        });
-    }
-}
-
-/// Runs an application callback (the error handler, the metrics) with its panic caught and
-/// logged: the messages behind this one still have to run on this processor, and a processor
-/// that died would stall its lane, and with it the member, for good.
-fn guarded(queue: &QueueShared, callback: &str, run: impl FnOnce()) {
-    if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(run)) {
-        tracing::error!(
-            consumer = %queue.name,
-            callback,
-            panic = crate::handler::panic_detail(&*panic),
-            "a callback panicked; the message is settled as if it had returned"
-        );
-    }
-}
-
-/// Records a run that did not end the message (a retry) at once: retries are rare, and what
-/// happened before a wait should be in the metrics during it.
-fn record(queue: &QueueShared, outcome: Outcome, started: Option<Instant>) {
-    let Some(started) = started else { return };
-    let elapsed = started.elapsed();
-    app_metrics(queue, outcome, elapsed);
-    if let Some(observed) = &queue.observed {
-        let mut tally = Tally::default();
-        tally.record(outcome, elapsed);
-        observed.add(&mut tally);
-    }
 }
 
 /// The wait before attempt `attempt + 1`: `initial`, doubling each time, capped at `max`.

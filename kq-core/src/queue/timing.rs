@@ -118,7 +118,7 @@ impl Recorder {
     }
 
     fn count(&mut self, outcome: Outcome, elapsed: Duration) {
-        super::processor::app_metrics(&self.queue, outcome, elapsed);
+        app_metrics(&self.queue, outcome, elapsed);
         if let Some(tally) = &mut self.tally {
             tally.record(outcome, elapsed);
         }
@@ -159,6 +159,26 @@ impl Recorder {
     /// The next message starts when it starts, not when the last recorded run ended.
     pub fn forget_clock(&mut self) {
         self.mark = None;
+    }
+}
+
+/// Records a run of a message that is tried again, at once: retries are rare, and what
+/// happened before the wait for the next attempt should be in the metrics during it.
+pub(super) fn record_retried(queue: &QueueShared, started: Option<Instant>) {
+    let Some(started) = started else { return };
+    let elapsed = started.elapsed();
+    app_metrics(queue, Outcome::Retried, elapsed);
+    if let Some(observed) = &queue.observed {
+        let mut tally = Tally::default();
+        tally.record(Outcome::Retried, elapsed);
+        observed.add(&mut tally);
+    }
+}
+
+/// Reports a run to the application's `Metrics`, if it set any.
+fn app_metrics(queue: &QueueShared, outcome: Outcome, elapsed: Duration) {
+    if let Some(metrics) = &queue.metrics {
+        queue.guarded("metrics", || metrics.record(&queue.name, outcome, elapsed));
     }
 }
 

@@ -1,0 +1,145 @@
+//! One consumer's metrics: its handles on the registry's families, taken once.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+
+use super::health::{MemberHealth, RUNNING};
+use super::outcome::OUTCOME_LABELS;
+use super::registry::{
+    enabled, observer, ConsumerLabels, MessageLabels, PartitionLabels, RebalanceLabels, TopicLabels,
+};
+use super::stat::StatWindow;
+use super::tally::{HandlerTimes, Tally};
+use crate::sync::lock;
+
+/// A consumer's handles on its metrics, taken once so that recording takes no lookups.
+pub(crate) struct ConsumerMetrics {
+    name: String,
+    topic: String,
+    /// `kq_messages_total` by outcome, by `outcome_index`.
+    outcomes: [Counter; OUTCOME_LABELS.len()],
+    handler_seconds: HandlerTimes,
+    in_flight: Gauge,
+    commits: Counter,
+    stats: Mutex<StatWindow>,
+}
+
+impl ConsumerMetrics {
+    /// The consumer's metrics, or `None` while collection is off.
+    pub fn new(name: &str, topic: &str) -> Option<Arc<Self>> {
+        if !enabled() {
+            return None;
+        }
+        let o = observer();
+        let outcome = |outcome| {
+            o.messages
+                .get_or_create(&MessageLabels {
+                    consumer: name.into(),
+                    topic: topic.into(),
+                    outcome,
+                })
+                .clone()
+        };
+        let consumer = ConsumerLabels {
+            consumer: name.into(),
+        };
+        Some(Arc::new(ConsumerMetrics {
+            name: name.into(),
+            topic: topic.into(),
+            outcomes: OUTCOME_LABELS.map(outcome),
+            handler_seconds: o.handler_seconds.get_or_create(&consumer).clone(),
+            in_flight: o.in_flight.get_or_create(&consumer).clone(),
+            commits: o
+                .commits
+                .get_or_create(&TopicLabels {
+                    consumer: name.into(),
+                    topic: topic.into(),
+                })
+                .clone(),
+            stats: Mutex::default(),
+        }))
+    }
+
+    /// Registers a member for health reports.
+    pub fn member(&self, index: usize, stuck_after: Duration) -> Arc<MemberHealth> {
+        let o = observer();
+        let health = Arc::new(MemberHealth {
+            consumer: self.name.clone(),
+            index,
+            joined: AtomicBool::new(false),
+            heartbeat: AtomicU64::new(o.millis()),
+            state: AtomicU8::new(RUNNING),
+            stuck_after,
+        });
+        lock(&o.members).push(health.clone());
+        health
+    }
+
+    /// Adds what a processor tallied to the metrics and the stat window, and empties the tally.
+    pub fn add(&self, tally: &mut Tally) {
+        if tally.handled() == 0 {
+            return;
+        }
+        for (counter, n) in self.outcomes.iter().zip(tally.outcomes) {
+            if n > 0 {
+                counter.inc_by(n);
+            }
+        }
+        self.handler_seconds.add(tally);
+        lock(&self.stats).add(tally);
+        tally.clear();
+    }
+
+    pub fn set_in_flight(&self, messages: usize) {
+        self.in_flight.set(messages as i64);
+    }
+
+    pub fn committed(&self) {
+        self.commits.inc();
+    }
+
+    pub fn rebalanced(&self, kind: &'static str) {
+        observer()
+            .rebalances
+            .get_or_create(&RebalanceLabels {
+                consumer: self.name.clone(),
+                kind,
+            })
+            .inc();
+    }
+
+    pub fn set_lag(&self, partition: i32, lag: i64) {
+        observer()
+            .lag
+            .get_or_create(&PartitionLabels {
+                consumer: self.name.clone(),
+                topic: self.topic.clone(),
+                partition: partition.to_string(),
+            })
+            .set(lag);
+    }
+
+    /// go-zero's stat line for the window since the last call, which starts a new window.
+    pub fn stat_line(&self, window: Duration) -> String {
+        let stats = std::mem::take(&mut *lock(&self.stats));
+        stats.line(&self.name, window)
+    }
+}
+
+/// Parses a member's librdkafka statistics into lag gauges: `consumer_lag` per partition of
+/// the member's topic (-1, unknown, is skipped).
+pub(crate) fn record_lag(metrics: &ConsumerMetrics, stats: &rdkafka::Statistics) {
+    let Some(topic) = stats.topics.get(&metrics.topic) else {
+        return;
+    };
+    // Partition -1 is librdkafka's internal unassigned partition.
+    for p in topic.partitions.values() {
+        if p.partition >= 0 && p.consumer_lag >= 0 {
+            metrics.set_lag(p.partition, p.consumer_lag);
+        }
+    }
+}
