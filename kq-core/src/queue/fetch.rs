@@ -60,6 +60,9 @@ const WINDOW_CHECK: Duration = Duration::from_micros(200);
 /// no larger than the queue left the other processors idle meanwhile. The window holds
 /// offsets, 16 bytes each; the messages themselves stay bounded by `QueueCapacity`.
 const WINDOW_PER_CAPACITY: usize = 4;
+/// librdkafka keeps this many times `QueueCapacity` messages fetched ahead (see
+/// `prefetch_messages`).
+const PREFETCH_PER_CAPACITY: usize = 10;
 /// librdkafka's `fetch.queue.backoff.ms` for kq consumers.
 const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 /// How often librdkafka reports statistics (consumer lag) while metrics are collected.
@@ -265,7 +268,12 @@ fn consumer_config(conf: &KqConf, observed: bool) -> Result<ClientConfig, Error>
         // The loop stops polling while its queue is full, which fills librdkafka's prefetch
         // queue; with the default 1 s backoff a partition would then idle long after room
         // frees up.
-        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
+        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
+        .set("queued.min.messages", prefetch_messages(conf).to_string())
+        .set(
+            "queued.max.messages.kbytes",
+            prefetch_kbytes(conf).to_string(),
+        );
     if observed {
         // Consumer lag for the metrics comes with librdkafka's statistics.
         config.set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
@@ -280,6 +288,25 @@ fn consumer_config(conf: &KqConf, observed: bool) -> Result<ClientConfig, Error>
             .set("fetch.max.bytes", &bytes);
     }
     Ok(config)
+}
+
+/// How many messages librdkafka keeps fetched ahead of the fetch loop (`queued.min.messages`:
+/// it fetches again whenever its queue holds fewer): ten times `QueueCapacity`, a fetch
+/// response's worth or more, so that the processors do not run dry while the next one comes.
+/// librdkafka's default of 100,000 held most of a backlogged member's memory: 90 MiB at peak
+/// with 100-byte messages, against 45 MiB at 10,000, at the same consume throughput.
+fn prefetch_messages(conf: &KqConf) -> usize {
+    const LIBRDKAFKA_MAX: usize = 10_000_000;
+    conf.queue_capacity
+        .saturating_mul(PREFETCH_PER_CAPACITY)
+        .min(LIBRDKAFKA_MAX)
+}
+
+/// The message data librdkafka keeps fetched ahead, in KiB (`queued.max.messages.kbytes`):
+/// `MaxBytes`, as much as the fetch loop reads ahead itself, where librdkafka's default is
+/// 64 MiB.
+fn prefetch_kbytes(conf: &KqConf) -> usize {
+    (conf.max_bytes / 1024).max(1)
 }
 
 /// `CommitInterval` in librdkafka's terms: 0 (kafka-go's synchronous commits) is as often as
@@ -619,5 +646,29 @@ impl FetchLoop {
         drop(taken);
         drop(fetch_queue);
         consumer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn librdkafkas_prefetch_follows_the_queue_and_max_bytes() {
+        let mut conf = KqConf::new(["127.0.0.1:9092"], "group", "topic");
+        assert_eq!(
+            (prefetch_messages(&conf), prefetch_kbytes(&conf)),
+            (10_000, 10_240)
+        );
+        conf.queue_capacity = 1;
+        conf.max_bytes = 1;
+        assert_eq!((prefetch_messages(&conf), prefetch_kbytes(&conf)), (10, 1));
+        // librdkafka's bounds.
+        conf.queue_capacity = usize::MAX;
+        conf.max_bytes = 2_147_483_135;
+        assert_eq!(
+            (prefetch_messages(&conf), prefetch_kbytes(&conf)),
+            (10_000_000, 2_097_151)
+        );
     }
 }
