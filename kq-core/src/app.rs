@@ -112,9 +112,11 @@ where
                 .await
                 .map_err(|e| Failure::run(format!("cannot listen on {listen}: {e}")))?;
             tracing::info!(address = %listen, metrics = %conf.metrics_path, health = %conf.health_path, ready = %conf.ready_path, "serving metrics and health");
+            // `serve` waits out failed accepts and so does not return; were it to, the
+            // service would go on without its probes, which is worth an error.
             tokio::spawn(async move {
                 if let Err(e) = observe::serve(listener, conf).await {
-                    tracing::error!(error = %e, "the metrics server stopped");
+                    tracing::error!(address = %listen, error = %e, "the metrics server stopped: metrics, health and readiness are no longer served");
                 }
             });
         }

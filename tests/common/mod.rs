@@ -132,18 +132,135 @@ pub async fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool
     done()
 }
 
-/// GETs `path` from the HTTP server on `port`; returns the status code and the body.
-pub async fn http_get(port: u16, path: &str) -> (u16, String) {
+/// An HTTP answer as read off the wire.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    /// The status code.
+    pub status: u16,
+    /// The header fields, names in lower case, in the order sent.
+    pub headers: Vec<(String, String)>,
+    /// The body, as many bytes as `content-length` said.
+    pub body: String,
+}
+
+impl HttpAnswer {
+    /// The value of the header field `name` (lower case), if sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(field, _)| field == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// How long the HTTP helpers wait for an answer.
+const HTTP_WAIT: Duration = Duration::from_secs(10);
+
+fn bad_answer(what: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what)
+}
+
+/// Reads one answer off `stream`: its head, then as many bytes as its `content-length` says
+/// (none for `HEAD`). An answer without `content-length`, or with more bytes than it says
+/// before the next answer could start, is an error; so is none within 10 s.
+pub async fn read_answer(
+    stream: &mut tokio::net::TcpStream,
+    method: &str,
+) -> std::io::Result<HttpAnswer> {
+    use tokio::io::AsyncReadExt as _;
+
+    let read = async {
+        let mut bytes = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(at) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(bad_answer(format!(
+                    "closed before the end of a head: {:?}",
+                    String::from_utf8_lossy(&bytes)
+                )));
+            }
+            bytes.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&bytes[..head_end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|line| line.strip_prefix("HTTP/1.1 "))
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| bad_answer(format!("no HTTP/1.1 status line: {head:?}")))?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|line| line.split_once(':'))
+            .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+            .collect();
+        let length: usize = headers
+            .iter()
+            .find(|(name, _)| name == "content-length")
+            .and_then(|(_, value)| value.parse().ok())
+            .ok_or_else(|| bad_answer(format!("no content-length: {head:?}")))?;
+        let length = if method == "HEAD" { 0 } else { length };
+        while bytes.len() < head_end + length {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(bad_answer(format!("closed within the body: {head:?}")));
+            }
+            bytes.extend_from_slice(&chunk[..n]);
+        }
+        if bytes.len() > head_end + length {
+            return Err(bad_answer(format!(
+                "{} bytes past the body: {head:?}",
+                bytes.len() - head_end - length
+            )));
+        }
+        let body = String::from_utf8_lossy(&bytes[head_end..]).into_owned();
+        Ok(HttpAnswer {
+            status,
+            headers,
+            body,
+        })
+    };
+    tokio::time::timeout(HTTP_WAIT, read)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))?
+}
+
+/// Sends `method path` to the HTTP server on `port`, on a connection of its own that asks to
+/// be closed after the answer, and reads the answer. Anything sent after the answer is an
+/// error: the body's framing is checked as well as the answer.
+pub async fn http_request(port: u16, method: &str, path: &str) -> std::io::Result<HttpAnswer> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+    let mut stream = tokio::time::timeout(
+        HTTP_WAIT,
+        tokio::net::TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no connection"))??;
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let answer = read_answer(&mut stream, method).await?;
+    let mut rest = Vec::new();
+    tokio::time::timeout(HTTP_WAIT, stream.read_to_end(&mut rest))
         .await
-        .unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response.split_once("\r\n\r\n").unwrap().1.to_owned();
-    (status, body)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "not closed"))??;
+    if !rest.is_empty() {
+        return Err(bad_answer(format!(
+            "{} bytes after the answer to {method} {path}",
+            rest.len()
+        )));
+    }
+    Ok(answer)
+}
+
+/// GETs `path` from the HTTP server on `port`; returns the status code and the body.
+pub async fn http_get(port: u16, path: &str) -> (u16, String) {
+    match http_request(port, "GET", path).await {
+        Ok(answer) => (answer.status, answer.body),
+        Err(e) => panic!("GET {path}: {e}"),
+    }
 }

@@ -22,7 +22,7 @@ pub use health::{health, Health};
 pub use outcome::{Metrics, Outcome};
 pub(crate) use registry::pusher_counters;
 pub use registry::{enable, enabled, render_metrics};
-pub use server::serve;
+pub use server::{serve, HEAD_READ_TIMEOUT, MAX_CONNECTIONS};
 pub(crate) use tally::{Tally, SMALLEST_HANDLER_TIME_BOUND};
 
 pub use crate::conf::{DevServerConf, PrometheusConf};
