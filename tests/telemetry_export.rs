@@ -32,17 +32,27 @@ fn in_own_process(test: &str) -> bool {
 }
 
 /// Runs `test` in a process of its own with `env` set (and OpenSSL's certificate variables
-/// only as `env` sets them), checks that it passed there, and returns its output.
+/// only as `env` sets them, no proxy: the exporter honours them), checks that it passed there,
+/// and returns its output.
 fn run_in_own_process(test: &str, env: &[(&str, &OsStr)]) -> Output {
-    let output = Command::new(std::env::current_exe().unwrap())
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(ALONE, test)
-        .env_remove("RUST_LOG")
-        .env_remove("SSL_CERT_FILE")
-        .env_remove("SSL_CERT_DIR")
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
+        .env(ALONE, test);
+    for unset in [
+        "RUST_LOG",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
+        command.env_remove(unset);
+    }
+    let output = command.envs(env.iter().copied()).output().unwrap();
     let (stdout, stderr) = (
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr),
@@ -65,35 +75,24 @@ impl Pki {
     fn make() -> Pki {
         let dir = std::env::temp_dir().join(unique("kq-otlp-pki"));
         std::fs::create_dir_all(&dir).unwrap();
-        let openssl = |args: &[&str]| {
+        // Arguments without spaces, split on them.
+        let openssl = |args: &str| {
             let output = Command::new("openssl")
-                .args(args)
+                .args(args.split_whitespace())
                 .current_dir(&dir)
                 .output()
                 .expect("the openssl command");
             assert!(
                 output.status.success(),
-                "openssl {args:?}: {}",
+                "openssl {args}: {}",
                 String::from_utf8_lossy(&output.stderr)
             );
         };
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        for (ca, name) in [("ca", "kq test CA"), ("other-ca", "kq other CA")] {
-            let (key, pem, subject) = (
-                format!("{ca}.key"),
-                format!("{ca}.pem"),
-                format!("/CN={name}"),
-            );
-            let mut args = vec!["req", "-x509", "-days", "1", "-subj", &subject];
-            args.extend(ec);
-            args.extend(["-keyout", &key, "-out", &pem]);
-            openssl(&args);
+        let key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+        for ca in ["ca", "other-ca"] {
+            openssl(&format!(
+                "req -x509 -days 1 -subj /CN=kq-{ca} {key} -keyout {ca}.key -out {ca}.pem"
+            ));
         }
         std::fs::write(
             dir.join("collector.ext"),
@@ -101,34 +100,13 @@ impl Pki {
         )
         .unwrap();
         for (who, ca) in [("collector", "ca"), ("impostor", "other-ca")] {
-            let (key, csr, pem) = (
-                format!("{who}.key"),
-                format!("{who}.csr"),
-                format!("{who}.pem"),
-            );
-            let subject = format!("/CN=kq {who}");
-            let mut args = vec!["req", "-subj", &subject];
-            args.extend(ec);
-            args.extend(["-keyout", &key, "-out", &csr]);
-            openssl(&args);
-            let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
-            openssl(&[
-                "x509",
-                "-req",
-                "-days",
-                "1",
-                "-in",
-                &csr,
-                "-CA",
-                &ca_pem,
-                "-CAkey",
-                &ca_key,
-                "-CAcreateserial",
-                "-extfile",
-                "collector.ext",
-                "-out",
-                &pem,
-            ]);
+            openssl(&format!(
+                "req -subj /CN=kq-{who} {key} -keyout {who}.key -out {who}.csr"
+            ));
+            openssl(&format!(
+                "x509 -req -days 1 -in {who}.csr -CA {ca}.pem -CAkey {ca}.key -CAcreateserial \
+                 -extfile collector.ext -out {who}.pem"
+            ));
         }
         Pki { dir }
     }
