@@ -496,3 +496,83 @@ fn a_telemetry_endpoint_needs_the_opentelemetry_feature() {
         "{e}"
     );
 }
+
+#[cfg(feature = "opentelemetry")]
+#[test]
+fn telemetry_endpoints_take_https_host_and_port_and_ipv6() {
+    for endpoint in [
+        "https://otel.example:4318",
+        "https://otel.example",
+        "otel.example:4318",
+        "[::1]:4318",
+        "http://[::1]:4318",
+        "https://[::1]:4318",
+    ] {
+        let yaml = seed_with(&format!("  Telemetry: {{Endpoint: \"{endpoint}\"}}\n"));
+        let config = load("mq.yaml", &yaml).unwrap_or_else(|e| panic!("{endpoint}: {e}"));
+        assert_eq!(
+            config.kq_consumer_conf.telemetry.unwrap().endpoint,
+            endpoint
+        );
+    }
+
+    let ca = TempFile::new("otel-ca.pem", "");
+    let yaml = seed_with(&format!(
+        "  Telemetry: {{Endpoint: \"otel:4318\", OtlpHttpSecure: true, CaFile: {}}}\n",
+        ca.0.display()
+    ));
+    let telemetry = load("mq.yaml", &yaml)
+        .unwrap()
+        .kq_consumer_conf
+        .telemetry
+        .unwrap();
+    assert!(telemetry.otlp_http_secure);
+    assert_eq!(telemetry.ca_file, ca.0.display().to_string());
+}
+
+#[test]
+fn telemetry_tls_mistakes_name_the_key() {
+    let telemetry = |keys: &str| seed_with(&format!("  Telemetry: {{{keys}}}\n"));
+    let e = load_err(
+        "mq.yaml",
+        &telemetry("Endpoint: \"otel:4318\", CaFile: /nonexistent/otel-ca.pem"),
+    );
+    assert!(
+        e.contains(
+            "`KqConsumerConf.Telemetry.CaFile` cannot be read from `/nonexistent/otel-ca.pem`"
+        ),
+        "{e}"
+    );
+
+    let e = load_err(
+        "mq.yaml",
+        &telemetry("Endpoint: \"http://otel:4318\", OtlpHttpSecure: true"),
+    );
+    assert!(
+        e.contains(
+            "`KqConsumerConf.Telemetry.OtlpHttpSecure` asks for HTTPS while `Endpoint` says `http://`"
+        ),
+        "{e}"
+    );
+
+    let ca = TempFile::new("otel-ca.pem", "");
+    let e = load_err(
+        "mq.yaml",
+        &telemetry(&format!(
+            "Endpoint: \"http://otel:4318\", CaFile: {}",
+            ca.0.display()
+        )),
+    );
+    assert!(
+        e.contains(
+            "`KqConsumerConf.Telemetry.CaFile` asks for HTTPS while `Endpoint` says `http://`"
+        ),
+        "{e}"
+    );
+
+    let e = load_err("mq.yaml", &telemetry("Endpoint: \"::1:4318\""));
+    assert!(
+        e.contains("`KqConsumerConf.Telemetry.Endpoint` must be `host:port`, got `::1:4318`: an IPv6 address goes in brackets"),
+        "{e}"
+    );
+}

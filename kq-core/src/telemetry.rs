@@ -33,7 +33,8 @@ impl Drop for Telemetry {
 /// `RUST_LOG` says) in `log.encoding`, and, when `telemetry` has an endpoint, every span
 /// exported there as `service`.
 ///
-/// Fails when a subscriber is already installed or the exporter cannot be built.
+/// Fails when a subscriber is already installed or the exporter cannot be built (a
+/// `Telemetry.CaFile` that holds no certificate, for one).
 pub fn init(
     log: &LogConf,
     telemetry: Option<&TelemetryConf>,
@@ -114,8 +115,7 @@ fn log_filter(log: &LogConf) -> Targets {
 
 #[cfg(feature = "opentelemetry")]
 mod export {
-    use std::io::{Read as _, Write as _};
-    use std::net::{TcpStream, ToSocketAddrs as _};
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
 
     use opentelemetry::trace::TracerProvider as _;
@@ -128,20 +128,24 @@ mod export {
 
     use super::BoxedLayer;
     use crate::conf::TelemetryConf;
+    use crate::error::InvalidConf;
 
-    /// How long one export may take, connecting included.
+    /// How long one export may take, its retries included (OpenTelemetry's default), and so
+    /// one request to the collector, connecting included.
     const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
-    /// A tracer provider exporting to `conf.endpoint` in batches, and the layer that feeds it
-    /// every span at info level and above, and every message's span.
+    /// A tracer provider exporting to the collector that `conf` names, in batches, and the
+    /// layer that feeds it every span at info level and above, and every message's span.
     pub(super) fn spans(
         conf: &TelemetryConf,
         service: &str,
     ) -> Result<(SdkTracerProvider, BoxedLayer), String> {
-        let url = format!("http://{}{}", conf.collector_address(), conf.otlp_http_path);
+        let collector = conf.collector().map_err(|e| e.to_string())?;
+        let url = collector.url(&conf.otlp_http_path);
+        let client = ExportClient::new(conf, url.clone())?;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
-            .with_http_client(BlockingHttp)
+            .with_http_client(client)
             .with_protocol(Protocol::HttpBinary)
             .with_endpoint(url)
             .with_timeout(EXPORT_TIMEOUT)
@@ -179,70 +183,125 @@ mod export {
         Ok((provider, layer))
     }
 
-    /// A plain HTTP/1.1 client for the exporter. The batch exporter runs on its own thread
-    /// outside any async runtime, so blocking I/O is right here, and it keeps an HTTP stack
-    /// out of the dependencies.
+    /// The exporter's HTTP client: reqwest's blocking client, on the batch exporter's own
+    /// thread, which keeps its connection to the collector open from one batch to the next.
+    /// It logs when exports start failing, with the cause, and when they work again: the
+    /// exporter reports nothing without OpenTelemetry's internal logs, and with them no more
+    /// than "network error".
     #[derive(Debug)]
-    struct BlockingHttp;
+    struct ExportClient {
+        client: reqwest::blocking::Client,
+        url: String,
+        failing: AtomicBool,
+    }
 
-    #[async_trait::async_trait]
-    impl HttpClient for BlockingHttp {
-        async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
-            let uri = request.uri();
-            let host = uri.host().ok_or("the endpoint has no host")?;
-            let port = uri.port_u16().unwrap_or(80);
-            let address = (host, port)
-                .to_socket_addrs()?
-                .next()
-                .ok_or_else(|| format!("{host} has no address"))?;
-            let mut stream = TcpStream::connect_timeout(&address, EXPORT_TIMEOUT)?;
-            stream.set_read_timeout(Some(EXPORT_TIMEOUT))?;
-            stream.set_write_timeout(Some(EXPORT_TIMEOUT))?;
-
-            let path = uri.path_and_query().map_or("/", |p| p.as_str());
-            let mut head = format!(
-                "{} {path} HTTP/1.1\r\nhost: {host}:{port}\r\ncontent-length: {}\r\nconnection: close\r\n",
-                request.method(),
-                request.body().len()
-            );
-            for (name, value) in request.headers() {
-                head.push_str(name.as_str());
-                head.push_str(": ");
-                head.push_str(value.to_str()?);
-                head.push_str("\r\n");
-            }
-            head.push_str("\r\n");
-            stream.write_all(head.as_bytes())?;
-            stream.write_all(request.body())?;
-
-            // `connection: close`: the response ends where the stream does.
-            let mut raw = Vec::new();
-            stream.take(4 << 20).read_to_end(&mut raw)?;
-            parse_response(&raw)
+    impl ExportClient {
+        fn new(conf: &TelemetryConf, url: String) -> Result<ExportClient, String> {
+            let roots = if conf.ca_file.is_empty() {
+                None
+            } else {
+                Some(certificates(&conf.ca_file).map_err(|e| e.to_string())?)
+            };
+            // The blocking client runs a runtime of its own, which panics when it is set up
+            // inside another runtime's thread; `init` may be called from async code.
+            let client = std::thread::Builder::new()
+                .name("kq-otlp-client".into())
+                .spawn(move || {
+                    let builder = reqwest::blocking::Client::builder()
+                        .timeout(EXPORT_TIMEOUT)
+                        .connect_timeout(EXPORT_TIMEOUT)
+                        // A collector has no reason to redirect, and a redirect would carry
+                        // `OtlpHeaders` (API keys) to wherever it points.
+                        .redirect(reqwest::redirect::Policy::none());
+                    match roots {
+                        Some(roots) => builder.tls_certs_only(roots),
+                        None => builder,
+                    }
+                    .build()
+                })
+                .map_err(|e| client_error(&e))?
+                .join()
+                .map_err(|_| "`Telemetry`: setting up the HTTP client panicked".to_owned())?
+                .map_err(|e| client_error(&e))?;
+            Ok(ExportClient {
+                client,
+                url,
+                failing: AtomicBool::new(false),
+            })
         }
     }
 
-    /// The status and body of a raw HTTP/1.1 response (a chunked body is dropped: the
-    /// exporter only needs the status).
-    fn parse_response(raw: &[u8]) -> Result<Response<Bytes>, HttpError> {
-        let end = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .ok_or("the collector's response has no end of headers")?;
-        let head = std::str::from_utf8(&raw[..end])?;
-        let status: u16 = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|code| code.parse().ok())
-            .ok_or("the collector's response has no status")?;
-        let chunked = head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked");
-        let body = if chunked {
-            Bytes::new()
-        } else {
-            Bytes::copy_from_slice(&raw[end + 4..])
-        };
-        Ok(Response::builder().status(status).body(body)?)
+    fn client_error(e: &dyn std::error::Error) -> String {
+        format!("`Telemetry`: cannot set up the HTTP client: {}", causes(e))
+    }
+
+    /// The certificates of the PEM file at `path`.
+    fn certificates(path: &str) -> Result<Vec<reqwest::Certificate>, InvalidConf> {
+        let pem = std::fs::read(path).map_err(|e| {
+            InvalidConf::new(
+                "Telemetry.CaFile",
+                format!("cannot be read from `{path}`: {e}"),
+            )
+        })?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            InvalidConf::new(
+                "Telemetry.CaFile",
+                format!("`{path}` is not a PEM certificate: {}", causes(&e)),
+            )
+        })?;
+        if certificates.is_empty() {
+            return Err(InvalidConf::new(
+                "Telemetry.CaFile",
+                format!("`{path}` holds no PEM certificate"),
+            ));
+        }
+        Ok(certificates)
+    }
+
+    /// An error and its causes, where a TLS failure says what failed (reqwest's own message
+    /// names only the URL).
+    fn causes(e: &dyn std::error::Error) -> String {
+        let mut text = e.to_string();
+        let mut source = e.source();
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            // Some errors repeat their cause's text in their own.
+            if !text.contains(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        text
+    }
+
+    #[async_trait::async_trait]
+    impl HttpClient for ExportClient {
+        async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+            let result = self.client.send_bytes(request).await;
+            let problem = match &result {
+                Ok(response) if response.status().is_success() => None,
+                Ok(response) => Some(format!("the collector answered {}", response.status())),
+                Err(e) => Some(causes(e.as_ref())),
+            };
+            match problem {
+                Some(problem) => {
+                    if !self.failing.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            collector = %self.url,
+                            error = %problem,
+                            "span export failed (the batch is retried, then dropped); further \
+                             failures are not logged until an export succeeds"
+                        );
+                    }
+                }
+                None => {
+                    if self.failing.swap(false, Ordering::Relaxed) {
+                        tracing::info!(collector = %self.url, "span export works again");
+                    }
+                }
+            }
+            result
+        }
     }
 }

@@ -39,7 +39,9 @@ impl Default for LogConf {
 pub struct TelemetryConf {
     /// The service name on every span; the service's `Name` when empty.
     pub name: String,
-    /// The collector, `host:port` or `http://host:port`; no export when empty.
+    /// The collector: `host:port`, `http://host:port` or `https://host:port`, an IPv6 address
+    /// in brackets (`[::1]:4318`); without a port, the scheme's (80 or 443). No export when
+    /// empty.
     pub endpoint: String,
     /// The share of new traces sampled, from 0 to 1; a continued trace keeps its parent's choice.
     pub sampler: f64,
@@ -49,6 +51,12 @@ pub struct TelemetryConf {
     pub otlp_headers: std::collections::BTreeMap<String, String>,
     /// The collector's path for traces.
     pub otlp_http_path: String,
+    /// HTTPS to an `Endpoint` given as `host:port` (go-zero's key); the collector's certificate
+    /// is verified against the system's certificate authorities, or `CaFile`.
+    pub otlp_http_secure: bool,
+    /// A PEM file of the certificate authorities that signed the collector's certificate,
+    /// trusted in place of the system's; turns HTTPS on (kq's key, as `KqConf` has it).
+    pub ca_file: String,
     /// Export nothing even though `Endpoint` is set.
     pub disabled: bool,
 }
@@ -62,6 +70,8 @@ impl Default for TelemetryConf {
             batcher: Batcher::default(),
             otlp_headers: Default::default(),
             otlp_http_path: "/v1/traces".into(),
+            otlp_http_secure: false,
+            ca_file: String::new(),
             disabled: false,
         }
     }
@@ -82,21 +92,88 @@ impl fmt::Debug for TelemetryConf {
             .field("batcher", &self.batcher)
             .field("otlp_headers", &headers)
             .field("otlp_http_path", &self.otlp_http_path)
+            .field("otlp_http_secure", &self.otlp_http_secure)
+            .field("ca_file", &self.ca_file)
             .field("disabled", &self.disabled)
             .finish()
     }
 }
 
-impl TelemetryConf {
-    /// The collector's `host:port`: `Endpoint` without `http://` or a trailing `/`.
-    pub(crate) fn collector_address(&self) -> &str {
-        let endpoint = self.endpoint.trim().trim_end_matches('/');
-        endpoint.strip_prefix("http://").unwrap_or(endpoint)
-    }
+/// The collector that `Endpoint`, `OtlpHttpSecure` and `CaFile` name together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Collector<'a> {
+    /// HTTPS rather than plain HTTP.
+    pub https: bool,
+    /// `host:port`, `host` or `[ipv6]:port`, as written.
+    pub authority: &'a str,
+}
 
+impl Collector<'_> {
+    /// The URL that spans are posted to.
+    #[cfg(feature = "opentelemetry")]
+    pub fn url(&self, path: &str) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.authority)
+    }
+}
+
+impl TelemetryConf {
     /// Whether spans are exported at all.
     pub fn exports(&self) -> bool {
         !self.disabled && !self.endpoint.trim().is_empty()
+    }
+
+    /// The collector that spans go to. Names the key at fault when `Endpoint` is not of a
+    /// form kq takes, or when the keys contradict one another.
+    pub(crate) fn collector(&self) -> Result<Collector<'_>, InvalidConf> {
+        let endpoint = self.endpoint.trim();
+        let (scheme, rest) = match endpoint.split_once("://") {
+            Some((scheme, rest)) => (Some(scheme.to_ascii_lowercase()), rest),
+            None => (None, endpoint),
+        };
+        let https = match scheme.as_deref() {
+            None => self.otlp_http_secure || !self.ca_file.is_empty(),
+            Some("https") => true,
+            // Refused rather than one key silently winning: each of them asks for TLS, and
+            // the headers would otherwise travel in clear text.
+            Some("http") if self.otlp_http_secure => {
+                return Err(InvalidConf::new(
+                    "Telemetry.OtlpHttpSecure",
+                    "asks for HTTPS while `Endpoint` says `http://`",
+                ))
+            }
+            Some("http") if !self.ca_file.is_empty() => {
+                return Err(InvalidConf::new(
+                    "Telemetry.CaFile",
+                    "asks for HTTPS while `Endpoint` says `http://`",
+                ))
+            }
+            Some("http") => false,
+            Some(other) => {
+                return Err(InvalidConf::new(
+                    "Telemetry.Endpoint",
+                    format!("must start with `http://`, `https://` or the host, got `{other}://`"),
+                ))
+            }
+        };
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.contains(['/', '?', '#']) {
+            // go-zero's Jaeger endpoints are URLs with a path; OTLP takes `OtlpHttpPath`.
+            return Err(InvalidConf::new(
+                "Telemetry.Endpoint",
+                format!(
+                    "must be `host:port`, got `{endpoint}`: the path is `OtlpHttpPath` \
+                     (a Jaeger collector takes OTLP at port 4318)"
+                ),
+            ));
+        }
+        check_authority(authority).map_err(|problem| {
+            InvalidConf::new(
+                "Telemetry.Endpoint",
+                format!("must be `host:port`, got `{endpoint}`: {problem}"),
+            )
+        })?;
+        Ok(Collector { https, authority })
     }
 
     /// Checks what serde cannot. Names the key at fault.
@@ -110,28 +187,20 @@ impl TelemetryConf {
         if !self.exports() {
             return Ok(());
         }
-        let endpoint = self.endpoint.trim();
-        if endpoint.starts_with("https://") {
-            return Err(InvalidConf::new(
-                "Telemetry.Endpoint",
-                "must be plain HTTP (a collector or agent beside the service)",
-            ));
-        }
-        if self.collector_address().contains('/') {
-            // go-zero's Jaeger endpoints are URLs with a path; OTLP takes `OtlpHttpPath`.
-            return Err(InvalidConf::new(
-                "Telemetry.Endpoint",
-                format!(
-                    "must be `host:port`, got `{endpoint}`: the path is `OtlpHttpPath` \
-                     (a Jaeger collector takes OTLP at port 4318)"
-                ),
-            ));
-        }
+        self.collector()?;
         if !self.otlp_http_path.starts_with('/') {
             return Err(InvalidConf::new(
                 "Telemetry.OtlpHttpPath",
                 "must start with `/`",
             ));
+        }
+        if !self.ca_file.is_empty() {
+            std::fs::File::open(&self.ca_file).map_err(|e| {
+                InvalidConf::new(
+                    "Telemetry.CaFile",
+                    format!("cannot be read from `{}`: {e}", self.ca_file),
+                )
+            })?;
         }
         // Last, so that an endpoint of the wrong form is named as such in every build.
         if !cfg!(feature = "opentelemetry") {
@@ -142,6 +211,53 @@ impl TelemetryConf {
         }
         Ok(())
     }
+}
+
+/// Checks an endpoint's `host:port` (the port optional, an IPv6 host in brackets); says what
+/// is wrong with it.
+fn check_authority(authority: &str) -> Result<(), String> {
+    if authority.contains('@') {
+        return Err("credentials go in `OtlpHeaders`".into());
+    }
+    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        let (address, after) = bracketed
+            .split_once(']')
+            .ok_or("an IPv6 address ends with `]`")?;
+        if address.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("`{address}` is not an IPv6 address"));
+        }
+        match after {
+            "" => (address, None),
+            _ => (
+                address,
+                Some(after.strip_prefix(':').ok_or("a port follows `]:`")?),
+            ),
+        }
+    } else {
+        match authority.split_once(':') {
+            Some((_, port)) if port.contains(':') => {
+                return Err("an IPv6 address goes in brackets, as in `[::1]:4318`".into())
+            }
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("the host is missing".into());
+    }
+    if !host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
+    {
+        return Err(format!("`{host}` is not a host name or address"));
+    }
+    if let Some(port) = port {
+        let digits = !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit());
+        if !digits || !matches!(port.parse::<u16>(), Ok(1..)) {
+            return Err(format!("`{port}` is not a port"));
+        }
+    }
+    Ok(())
 }
 
 /// go-zero's `DevServer` block: where metrics, health and readiness are served.
@@ -193,6 +309,115 @@ impl Default for PrometheusConf {
             host: "0.0.0.0".into(),
             port: 0,
             path: "/metrics".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn telemetry(endpoint: &str) -> TelemetryConf {
+        TelemetryConf {
+            endpoint: endpoint.into(),
+            ..TelemetryConf::default()
+        }
+    }
+
+    fn collector(conf: &TelemetryConf) -> Result<(bool, &str), InvalidConf> {
+        conf.collector()
+            .map(|collector| (collector.https, collector.authority))
+    }
+
+    #[test]
+    fn endpoints_name_the_scheme_and_the_collector() {
+        for (endpoint, https, authority) in [
+            ("otel:4318", false, "otel:4318"),
+            ("http://otel:4318", false, "otel:4318"),
+            ("https://otel:4318", true, "otel:4318"),
+            ("HTTPS://otel:4318/", true, "otel:4318"),
+            (" 127.0.0.1:4318 ", false, "127.0.0.1:4318"),
+            ("[::1]:4318", false, "[::1]:4318"),
+            ("http://[::1]:4318", false, "[::1]:4318"),
+            ("https://[fe80::1]", true, "[fe80::1]"),
+            (
+                "https://api.collector.example",
+                true,
+                "api.collector.example",
+            ),
+        ] {
+            assert_eq!(
+                collector(&telemetry(endpoint)),
+                Ok((https, authority)),
+                "{endpoint}"
+            );
+        }
+    }
+
+    #[test]
+    fn otlp_http_secure_and_ca_file_turn_https_on_for_host_and_port() {
+        let secure = TelemetryConf {
+            otlp_http_secure: true,
+            ..telemetry("otel:4318")
+        };
+        assert_eq!(collector(&secure), Ok((true, "otel:4318")));
+        let ca = TelemetryConf {
+            ca_file: "/etc/kq/otel-ca.pem".into(),
+            ..telemetry("[::1]:4318")
+        };
+        assert_eq!(collector(&ca), Ok((true, "[::1]:4318")));
+        #[cfg(feature = "opentelemetry")]
+        assert_eq!(
+            ca.collector().map(|c| c.url("/v1/traces")),
+            Ok("https://[::1]:4318/v1/traces".to_owned())
+        );
+    }
+
+    #[test]
+    fn http_with_a_key_asking_for_https_is_refused() {
+        let secure = TelemetryConf {
+            otlp_http_secure: true,
+            ..telemetry("http://otel:4318")
+        };
+        assert_eq!(
+            collector(&secure).map_err(|e| e.key),
+            Err("Telemetry.OtlpHttpSecure")
+        );
+        let ca = TelemetryConf {
+            ca_file: "/etc/kq/otel-ca.pem".into(),
+            ..telemetry("http://otel:4318")
+        };
+        assert_eq!(collector(&ca).map_err(|e| e.key), Err("Telemetry.CaFile"));
+    }
+
+    #[test]
+    fn malformed_endpoints_say_what_is_wrong() {
+        for (endpoint, problem) in [
+            (
+                "http://jaeger:14268/api/traces",
+                "the path is `OtlpHttpPath`",
+            ),
+            ("otel:4318?x=1", "the path is `OtlpHttpPath`"),
+            (
+                "grpc://otel:4317",
+                "must start with `http://`, `https://` or the host",
+            ),
+            ("::1:4318", "an IPv6 address goes in brackets"),
+            ("[::1:4318", "an IPv6 address ends with `]`"),
+            ("[::g]:4318", "`::g` is not an IPv6 address"),
+            ("[::1]4318", "a port follows `]:`"),
+            ("otel:", "`` is not a port"),
+            ("otel:0", "`0` is not a port"),
+            ("otel:+80", "`+80` is not a port"),
+            ("otel:65536", "`65536` is not a port"),
+            (":4318", "the host is missing"),
+            ("https://", "the host is missing"),
+            ("user:key@otel:4318", "credentials go in `OtlpHeaders`"),
+            ("ot el:4318", "`ot el` is not a host name or address"),
+        ] {
+            let e = telemetry(endpoint).collector().unwrap_err();
+            assert_eq!(e.key, "Telemetry.Endpoint", "{endpoint}");
+            assert!(e.reason.contains(problem), "{endpoint}: {}", e.reason);
         }
     }
 }
