@@ -130,14 +130,16 @@ pub trait KqConfig: serde::de::DeserializeOwned + Send + Sync + 'static {
     /// Every field, by serde name and Rust name.
     fn kq_fields(&self) -> Vec<ConfigField<'_>>;
 
-    /// The `KqConf` under this key (serde name or Rust field name).
+    /// The `KqConf` under this key (serde name or Rust field name): a `KqConf` field, or an
+    /// `Option<KqConf>` one whose block the file has.
     fn kq_conf(&self, key: &str) -> Option<&KqConf> {
-        self.find_field(key)?.downcast_ref::<KqConf>()
+        block::<KqConf>(self.find_field(key)?).flatten()
     }
 
-    /// The `PusherConf` under this key (serde name or Rust field name).
+    /// The `PusherConf` under this key (serde name or Rust field name): a `PusherConf` field,
+    /// or an `Option<PusherConf>` one whose block the file has.
     fn pusher_conf(&self, key: &str) -> Option<&PusherConf> {
-        self.find_field(key)?.downcast_ref::<PusherConf>()
+        block::<PusherConf>(self.find_field(key)?).flatten()
     }
 
     /// The field under this key, whatever its type.
@@ -153,10 +155,10 @@ pub trait KqConfig: serde::de::DeserializeOwned + Send + Sync + 'static {
     fn check(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
         for field in self.kq_fields() {
-            let invalid = if let Some(conf) = field.value.downcast_ref::<KqConf>() {
-                conf.validate().err()
-            } else if let Some(conf) = field.value.downcast_ref::<PusherConf>() {
-                conf.validate().err()
+            let invalid = if let Some(conf) = block::<KqConf>(field.value) {
+                conf.and_then(|conf| conf.validate().err())
+            } else if let Some(conf) = block::<PusherConf>(field.value) {
+                conf.and_then(|conf| conf.validate().err())
             } else {
                 None
             };
@@ -171,13 +173,24 @@ pub trait KqConfig: serde::de::DeserializeOwned + Send + Sync + 'static {
         }
     }
 
-    /// Every `KqConf` field, by serde name.
+    /// Every `KqConf` field, and every `Option<KqConf>` one whose block the file has, by
+    /// serde name.
     fn kq_confs(&self) -> BTreeMap<&'static str, &KqConf> {
         self.kq_fields()
             .into_iter()
-            .filter_map(|f| Some((f.serde_name, f.value.downcast_ref::<KqConf>()?)))
+            .filter_map(|f| Some((f.serde_name, block::<KqConf>(f.value)??)))
             .collect()
     }
+}
+
+/// A field's value as a config block of type `T`: `Some(Some(_))` for a `T`, or an
+/// `Option<T>` whose block the file has, `Some(None)` for an `Option<T>` whose block it lacks,
+/// `None` for a field of another type.
+pub(crate) fn block<T: Any>(value: &dyn Any) -> Option<Option<&T>> {
+    if let Some(block) = value.downcast_ref::<T>() {
+        return Some(Some(block));
+    }
+    value.downcast_ref::<Option<T>>().map(Option::as_ref)
 }
 
 /// One field of a [`KqConfig`] struct.
