@@ -4,11 +4,10 @@
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::ext::IdentExt as _;
-use syn::parse::Parser;
 use syn::spanned::Spanned;
 use syn::{FnArg, ItemFn, LitBool, LitInt, LitStr, Path, ReturnType, Type};
 
-use crate::attr::{self, Arg};
+use crate::attr::{self, Arg, Errors};
 
 const KEYS: &[&str] = &[
     "conf",
@@ -48,15 +47,14 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
             return with_error(item, error);
         }
     };
-    let mut errors = Vec::new();
-    let args = parse_args(args).map_err(|e| errors.push(e)).ok();
-    let params = check_function(&function).map_err(|e| errors.push(e)).ok();
-    if let Some(error) = attr::combine(errors) {
-        return with_error(item, error);
-    }
-    match (args, params) {
-        (Some(args), Some(params)) => generate(&function, &args, &params),
-        _ => item,
+    let mut errors = Errors::default();
+    let args = parse_args(args, &mut errors);
+    let params = check_function(&function, &mut errors);
+    match (errors.combined(), args) {
+        (None, Some(args)) => generate(&function, &args, &params),
+        (Some(error), _) => with_error(item, error),
+        // `parse_args` returns no arguments only with an error.
+        (None, None) => item,
     }
 }
 
@@ -65,65 +63,62 @@ fn with_error(item: TokenStream, error: syn::Error) -> TokenStream {
     quote! { #item #error }
 }
 
-fn parse_args(tokens: TokenStream) -> syn::Result<Args> {
+/// The attribute's arguments, or `None` when `conf` is missing; every problem goes to `errors`.
+fn parse_args(tokens: TokenStream, errors: &mut Errors) -> Option<Args> {
     let mut conf = Arg::<LitStr>::new("conf");
     let mut name = Arg::<LitStr>::new("name");
     let mut krate = Arg::<Path>::new("crate");
     let mut retry_attempts = Arg::<LitInt>::new("retry_attempts");
     let mut dead_letter_topic = Arg::<LitStr>::new("dead_letter_topic");
     let mut force_commit = Arg::<LitBool>::new("force_commit");
-    let parser = syn::meta::parser(|meta| {
+    errors.parse_args(tokens, |meta| {
         if meta.path.is_ident("conf") {
-            let value = attr::string(&meta)?;
-            if value.value().trim().is_empty() {
-                return Err(syn::Error::new(
-                    value.span(),
-                    "`conf` must name a config key",
-                ));
-            }
-            conf.set(&meta, value)
+            conf.parse(meta, |meta| {
+                let value = attr::string(meta, r#"conf = "KqConsumerConf""#)?;
+                not_blank(value, "`conf` must name a config key")
+            })
         } else if meta.path.is_ident("name") {
-            let value = attr::string(&meta)?;
-            if value.value().trim().is_empty() {
-                return Err(syn::Error::new(value.span(), "`name` must not be empty"));
-            }
-            name.set(&meta, value)
+            name.parse(meta, |meta| {
+                let value = attr::string(meta, r#"name = "payment_success""#)?;
+                not_blank(value, "`name` must not be empty")
+            })
         } else if meta.path.is_ident("crate") {
-            let value = attr::path(&meta)?;
-            krate.set(&meta, value)
+            krate.parse(meta, |meta| attr::path(meta, r#"crate = "::kq""#))
         } else if meta.path.is_ident("retry_attempts") {
-            let value: LitInt = meta.value()?.parse()?;
-            if value.base10_parse::<u32>()? < 1 {
-                return Err(syn::Error::new(
-                    value.span(),
-                    "`retry_attempts` counts the first attempt too: at least 1",
-                ));
-            }
-            retry_attempts.set(&meta, value)
+            retry_attempts.parse(meta, |meta| {
+                let value = attr::int(meta, "retry_attempts = 5")?;
+                if value.base10_parse::<u32>()? < 1 {
+                    return Err(syn::Error::new(
+                        value.span(),
+                        "`retry_attempts` counts the first attempt too: at least 1",
+                    ));
+                }
+                Ok(value)
+            })
         } else if meta.path.is_ident("dead_letter_topic") {
-            let value = attr::string(&meta)?;
-            if value.value().trim().is_empty() {
-                return Err(syn::Error::new(
-                    value.span(),
-                    "`dead_letter_topic` must name a topic",
-                ));
-            }
-            dead_letter_topic.set(&meta, value)
+            dead_letter_topic.parse(meta, |meta| {
+                let value = attr::string(meta, r#"dead_letter_topic = "payments-dlq""#)?;
+                not_blank(value, "`dead_letter_topic` must name a topic")
+            })
         } else if meta.path.is_ident("force_commit") {
-            let value: LitBool = meta.value()?.parse()?;
-            force_commit.set(&meta, value)
+            force_commit.parse(meta, |meta| attr::boolean(meta, "force_commit = false"))
         } else {
-            Err(attr::unknown(&meta, KEYS))
+            Err(attr::unknown(meta, KEYS))
         }
     });
-    parser.parse2(tokens)?;
-    let conf = conf.take().ok_or_else(|| {
-        syn::Error::new(
+    // A `conf` with a bad value is reported as such, not as missing too.
+    let conf_given = conf.given();
+    let Some(conf) = conf.take() else {
+        if conf_given {
+            return None;
+        }
+        errors.push(syn::Error::new(
             Span::call_site(),
             "missing `conf`: name the config key of the consumer's KqConf, as in #[kq::consumer(conf = \"KqConsumerConf\")]",
-        )
-    })?;
-    Ok(Args {
+        ));
+        return None;
+    };
+    Some(Args {
         conf,
         name: name.take(),
         krate: krate.take().unwrap_or_else(|| syn::parse_quote!(::kq)),
@@ -133,10 +128,16 @@ fn parse_args(tokens: TokenStream) -> syn::Result<Args> {
     })
 }
 
-/// Checks the function's shape and classifies its parameters; all problems at once.
-fn check_function(function: &ItemFn) -> syn::Result<Vec<Param>> {
+fn not_blank(value: LitStr, error: &str) -> syn::Result<LitStr> {
+    if value.value().trim().is_empty() {
+        return Err(syn::Error::new(value.span(), error));
+    }
+    Ok(value)
+}
+
+/// Checks the function's shape and classifies its parameters; every problem goes to `errors`.
+fn check_function(function: &ItemFn, errors: &mut Errors) -> Vec<Param> {
     let sig = &function.sig;
-    let mut errors = Vec::new();
     if sig.asyncness.is_none() {
         errors.push(syn::Error::new_spanned(
             sig.fn_token,
@@ -171,20 +172,21 @@ fn check_function(function: &ItemFn) -> syn::Result<Vec<Param>> {
                 "a kq consumer is a free function; it cannot take `self`",
             )),
             FnArg::Typed(typed) => {
-                if let Type::ImplTrait(_) = &*typed.ty {
+                let ty = &typed.ty;
+                if let Type::ImplTrait(_) = &**ty {
                     errors.push(syn::Error::new_spanned(
-                        &typed.ty,
+                        ty,
                         "a kq consumer cannot take `impl Trait`: name a concrete type",
                     ));
-                } else if is_str_ref(&typed.ty) {
-                    strings.push(typed.ty.clone());
+                } else if is_str_ref(ty) {
+                    strings.push(ty.clone());
                     params.push(if strings.len() == 1 {
                         Param::Key
                     } else {
                         Param::Value
                     });
                 } else {
-                    params.push(Param::Extract(typed.ty.clone()));
+                    params.push(Param::Extract(ty.clone()));
                 }
             }
         }
@@ -200,10 +202,7 @@ fn check_function(function: &ItemFn) -> syn::Result<Vec<Param>> {
             "a kq consumer takes at most two `&str` parameters: the key, then the value",
         )),
     }
-    match attr::combine(errors) {
-        Some(error) => Err(error),
-        None => Ok(params),
-    }
+    params
 }
 
 fn is_str_ref(ty: &Type) -> bool {

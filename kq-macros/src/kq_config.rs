@@ -75,7 +75,10 @@ fn generate(input: &DeriveInput) -> syn::Result<TokenStream> {
             }
         });
     }
-    if let Some(error) = attr::combine(errors) {
+    if let Some(error) = errors.into_iter().reduce(|mut all, e| {
+        all.combine(e);
+        all
+    }) {
         return Err(error);
     }
 
@@ -109,8 +112,7 @@ fn kq_crate(attrs: &[syn::Attribute]) -> syn::Result<Path> {
     for attribute in attrs.iter().filter(|a| a.path().is_ident("kq")) {
         attribute.parse_nested_meta(|meta| {
             if meta.path.is_ident("crate") {
-                let path = attr::path(&meta)?;
-                krate.set(&meta, path)
+                krate.parse(&meta, |meta| attr::path(meta, r#"crate = "::kq""#))
             } else {
                 Err(attr::unknown(&meta, &["crate"]))
             }
@@ -132,7 +134,7 @@ fn field_serde(attrs: &[syn::Attribute]) -> syn::Result<FieldSerde> {
     for attribute in attrs.iter().filter(|a| a.path().is_ident("serde")) {
         attribute.parse_nested_meta(|meta| {
             if meta.path.is_ident("rename") {
-                if let Some(name) = deserialize_name(&meta)? {
+                if let Some(name) = deserialize_name(&meta, r#"rename = "Name""#)? {
                     found.rename = Some(name.value());
                 }
             } else if meta.path.is_ident("flatten") {
@@ -152,7 +154,7 @@ fn rename_all(attrs: &[syn::Attribute]) -> syn::Result<Option<RenameRule>> {
     for attribute in attrs.iter().filter(|a| a.path().is_ident("serde")) {
         attribute.parse_nested_meta(|meta| {
             if meta.path.is_ident("rename_all") {
-                if let Some(name) = deserialize_name(&meta)? {
+                if let Some(name) = deserialize_name(&meta, r#"rename_all = "PascalCase""#)? {
                     rule = Some(RenameRule::parse(&name)?);
                 }
             } else {
@@ -164,14 +166,18 @@ fn rename_all(attrs: &[syn::Attribute]) -> syn::Result<Option<RenameRule>> {
     Ok(rule)
 }
 
-/// Reads `= "x"` or `(deserialize = "x", serialize = "y")`, keeping the deserialize side.
-fn deserialize_name(meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<Option<LitStr>> {
+/// Reads `= "x"` or `(deserialize = "x", serialize = "y")`, keeping the deserialize side;
+/// `example` shows the first form.
+fn deserialize_name(
+    meta: &syn::meta::ParseNestedMeta<'_>,
+    example: &str,
+) -> syn::Result<Option<LitStr>> {
     if meta.input.peek(syn::Token![=]) {
-        return attr::string(meta).map(Some);
+        return attr::string(meta, example).map(Some);
     }
     let mut name = None;
     meta.parse_nested_meta(|inner| {
-        let value = attr::string(&inner)?;
+        let value = attr::string(&inner, r#"deserialize = "Name""#)?;
         if inner.path.is_ident("deserialize") {
             name = Some(value);
         }
