@@ -127,6 +127,12 @@ pub use kq_macros::consumer;
 /// `#[serde(rename_all = "...")]`, or by its Rust name. Any other fields are the
 /// application's own. `#[kq(crate = "path")]` names a renamed `kq` dependency.
 ///
+/// A `KqConf` or `PusherConf` field cannot be `#[serde(flatten)]`, and the
+/// derive refuses one: the runtime finds a block by its key, which a flattened field does not
+/// have, and the flattened keys would mix with the file's top level, where go-zero's `Name`
+/// and `Log` are the service's own. A flattened field of another type stays the
+/// application's, and the derive does not look inside it.
+///
 /// ```
 /// #[derive(serde::Deserialize, kq::KqConfig)]
 /// #[serde(rename_all = "PascalCase")]

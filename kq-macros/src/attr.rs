@@ -77,6 +77,16 @@ impl Errors {
         self.keep(result);
     }
 
+    /// Like [`Errors::parse_args`], for the arguments of an attribute such as `#[kq(...)]`.
+    pub fn parse_attribute(
+        &mut self,
+        attribute: &syn::Attribute,
+        mut argument: impl FnMut(&ParseNestedMeta<'_>) -> syn::Result<()>,
+    ) {
+        let result = attribute.parse_nested_meta(|meta| self.argument(&meta, &mut argument));
+        self.keep(result);
+    }
+
     fn argument(
         &mut self,
         meta: &ParseNestedMeta<'_>,
