@@ -178,6 +178,20 @@ fn check_function(function: &ItemFn, errors: &mut Errors) -> Vec<Param> {
                         ty,
                         "a kq consumer cannot take `impl Trait`: name a concrete type",
                     ));
+                } else if let Some(reference) = mutable_reference(ty) {
+                    // No `FromMessage` impl can hand out `&mut`: the message and the state
+                    // are shared with the queue, which commits the message afterwards.
+                    errors.push(syn::Error::new_spanned(
+                        reference,
+                        "a kq consumer cannot take `&mut`: the message and the state are shared with the queue; take `&kq::Message` or `&kq::State<S>`",
+                    ));
+                } else if is_owned_string(ty) {
+                    // Only kq could implement `FromMessage` for `String` (the orphan rule),
+                    // and it does not: the author most likely meant go-queue's key or value.
+                    errors.push(syn::Error::new_spanned(
+                        ty,
+                        "a kq consumer takes the key and the value as `&str`, not `String`: take `key: &str, value: &str` as go-queue's Consume does, and `.to_owned()` what must outlive the handler",
+                    ));
                 } else if is_str_ref(ty) {
                     strings.push(ty.clone());
                     params.push(if strings.len() == 1 {
@@ -203,6 +217,38 @@ fn check_function(function: &ItemFn, errors: &mut Errors) -> Vec<Param> {
         )),
     }
     params
+}
+
+/// The `&mut T` of a parameter type, through parentheses and invisible groups.
+fn mutable_reference(ty: &Type) -> Option<&syn::TypeReference> {
+    match ty {
+        Type::Reference(reference) if reference.mutability.is_some() => Some(reference),
+        Type::Group(group) => mutable_reference(&group.elem),
+        Type::Paren(paren) => mutable_reference(&paren.elem),
+        _ => None,
+    }
+}
+
+/// `String`, `std::string::String` or `alloc::string::String`.
+fn is_owned_string(ty: &Type) -> bool {
+    match ty {
+        Type::Path(p) if p.qself.is_none() => {
+            let segments: Vec<_> = p
+                .path
+                .segments
+                .iter()
+                .map(|s| s.arguments.is_none().then(|| s.ident.to_string()))
+                .collect();
+            let segments: Vec<_> = segments.iter().map(Option::as_deref).collect();
+            matches!(
+                segments[..],
+                [Some("String")] | [Some("std" | "alloc"), Some("string"), Some("String")]
+            )
+        }
+        Type::Group(group) => is_owned_string(&group.elem),
+        Type::Paren(paren) => is_owned_string(&paren.elem),
+        _ => false,
+    }
 }
 
 fn is_str_ref(ty: &Type) -> bool {
