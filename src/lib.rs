@@ -110,8 +110,12 @@ pub use kq_core::{
 /// };
 /// ```
 ///
-/// A function that is not `async`, is generic, takes `self`, or names no `conf` does not
-/// compile:
+/// The attribute goes on a free function: the registration beside it calls the function by
+/// its name, which an associated function in an `impl` block does not have in its module, and
+/// a registration cannot sit in an `impl` block. Such a function does not compile (the
+/// compiler says that `consume` is not found, and that `const` items there need a name), nor
+/// does one that is not `async`, is generic, takes `self`, `&mut` or `String`, or names no
+/// `conf`:
 ///
 /// ```compile_fail
 /// #[kq::consumer(conf = "KqConsumerConf")]
@@ -182,6 +186,9 @@ macro_rules! main {
     };
     ($config:ty, $state:expr $(,)?) => {
         fn main() -> ::std::process::ExitCode {
+            // Named first, so that a config struct without the derive is reported here, on
+            // the type, and not as a bound of the function below.
+            let _ = <$config as $crate::__private::KqConfig>::kq_fields;
             $crate::__private::run_main::<$config, _>(|config: &$config| {
                 #[allow(unused_imports)]
                 use $crate::__private::state_kind::{PlainState as _, ResultState as _};

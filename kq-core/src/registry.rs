@@ -126,6 +126,11 @@ impl Handler for RegisteredHandler {
 ///
 /// Derive it with `#[derive(kq::KqConfig)]` next to `serde::Deserialize`; the derive knows
 /// each field's serde name (honouring `rename` and `rename_all`) and its Rust name.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a kq config struct",
+    label = "not a `KqConfig`",
+    note = "derive it next to `serde::Deserialize`: `#[derive(serde::Deserialize, kq::KqConfig)]`"
+)]
 pub trait KqConfig: serde::de::DeserializeOwned + Send + Sync + 'static {
     /// Every field, by serde name and Rust name.
     fn kq_fields(&self) -> Vec<ConfigField<'_>>;

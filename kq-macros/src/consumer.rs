@@ -275,22 +275,24 @@ fn generate(function: &ItemFn, args: &Args, params: &[Param]) -> TokenStream {
     let bindings: Vec<_> = (0..params.len())
         .map(|i| format_ident!("__kq_arg{i}"))
         .collect();
+    // `FromMessage<'_>`, not a named lifetime: that is how the trait shows in an error on an
+    // unsupported parameter type, and the three uses of the type report it once.
     let extract = params.iter().zip(&bindings).map(|(param, binding)| match param {
         Param::Key => quote! { let #binding = #private::key_str(__kq_msg)?; },
         Param::Value => quote! { let #binding = #private::value_str(__kq_msg)?; },
         Param::Extract(ty) => quote_spanned! {ty.span()=>
-            let #binding = <#ty as #private::FromMessage<'__kq>>::from_message(__kq_msg, __kq_ctx)?;
+            let #binding = <#ty as #private::FromMessage<'_>>::from_message(__kq_msg, __kq_ctx)?;
         },
     });
     let checks = params.iter().filter_map(|param| match param {
         Param::Extract(ty) => Some(quote_spanned! {ty.span()=>
-            <#ty as #private::FromMessage<'__kq>>::check(__kq_ctx)?;
+            <#ty as #private::FromMessage<'_>>::check(__kq_ctx)?;
         }),
         _ => None,
     });
     let reads_headers = params.iter().filter_map(|param| match param {
         Param::Extract(ty) => Some(quote_spanned! {ty.span()=>
-            || <#ty as #private::FromMessage<'__kq>>::READS_HEADERS
+            || <#ty as #private::FromMessage<'_>>::READS_HEADERS
         }),
         _ => None,
     });
@@ -304,11 +306,11 @@ fn generate(function: &ItemFn, args: &Args, params: &[Param]) -> TokenStream {
     let result = quote_spanned! {output_span=>
         #private::IntoHandlerResult::into_handler_result(__kq_output)
     };
-    // Spanned on the function's name so that a handler whose future is not `Send` gets one
-    // error there, with the compiler's note on the value held across an `.await`.
-    let boxed = respan(quote!(#private::boxed_handler_future), ident.span());
+    // The future is coerced to the handler's `BoxFuture` right here, spanned on the
+    // function's name, so that one whose future is not `Send` gets one error there, with the
+    // compiler's note on the value held across an `.await`, and no bound of a helper.
     let body = quote_spanned! {ident.span()=>
-        #boxed(async move {
+        ::std::boxed::Box::pin(async move {
             #(#extract)*
             let __kq_output = #ident(#(#bindings),*).await;
             #result
@@ -330,28 +332,24 @@ fn generate(function: &ItemFn, args: &Args, params: &[Param]) -> TokenStream {
         #function
 
         const _: () = {
-            fn __kq_handler<'__kq>(
-                __kq_msg: &'__kq #private::Message,
-                __kq_ctx: &'__kq #private::HandlerContext,
+            fn __kq_handler<'a>(
+                __kq_msg: &'a #private::Message,
+                __kq_ctx: &'a #private::HandlerContext,
             ) -> #private::BoxFuture<
-                '__kq,
+                'a,
                 ::core::result::Result<(), #private::HandlerError>,
             > {
                 #body
             }
 
-            // The lifetime matches the handler's so that an unsupported parameter type
-            // reports one error, not one per use.
-            #[allow(clippy::extra_unused_lifetimes)]
-            fn __kq_check<'__kq>(
+            fn __kq_check(
                 __kq_ctx: &#private::HandlerContext,
             ) -> ::core::result::Result<(), ::std::string::String> {
                 #(#checks)*
                 ::core::result::Result::Ok(())
             }
 
-            #[allow(clippy::extra_unused_lifetimes)]
-            fn __kq_reads_headers<'__kq>() -> bool {
+            fn __kq_reads_headers() -> bool {
                 false #(#reads_headers)*
             }
 
@@ -375,22 +373,4 @@ fn generate(function: &ItemFn, args: &Args, params: &[Param]) -> TokenStream {
             }
         };
     }
-}
-
-/// Gives every token the same span, so that a diagnostic on the whole expression lands there.
-fn respan(tokens: TokenStream, span: Span) -> TokenStream {
-    tokens
-        .into_iter()
-        .map(|mut token| {
-            if let proc_macro2::TokenTree::Group(group) = &token {
-                let mut inner =
-                    proc_macro2::Group::new(group.delimiter(), respan(group.stream(), span));
-                inner.set_span(span);
-                token = proc_macro2::TokenTree::Group(inner);
-            } else {
-                token.set_span(span);
-            }
-            token
-        })
-        .collect()
 }
