@@ -131,7 +131,10 @@ pub use kq_macros::consumer;
 /// `#[serde(rename_all = "...")]`, or by its Rust name. Any other fields are the
 /// application's own. `#[kq(crate = "path")]` names a renamed `kq` dependency.
 ///
-/// A `KqConf` or `PusherConf` field cannot be `#[serde(flatten)]`, and the
+/// A block the file may leave out is an `Option<KqConf>` (or `Option<PusherConf>`) field: when
+/// the file has no such block, the consumer whose `conf` names it is not started (the start
+/// logs it, and `--check` lists it as not started), and when it has one, it is validated and
+/// used as any other. A `KqConf` or `PusherConf` field cannot be `#[serde(flatten)]`, and the
 /// derive refuses one: the runtime finds a block by its key, which a flattened field does not
 /// have, and the flattened keys would mix with the file's top level, where go-zero's `Name`
 /// and `Log` are the service's own. A flattened field of another type stays the
@@ -164,13 +167,16 @@ pub use kq_macros::KqConfig;
 ///
 /// The generated `main`:
 /// 1. parses `-f <file>` (default `etc/mq.yaml`, as go-zero services have it);
-/// 2. loads the file (YAML, or JSON/TOML by extension) and validates every `KqConf` block;
+/// 2. loads the file (YAML, or JSON/TOML by extension), validates every `KqConf` block, and
+///    matches every consumer to its block and its `State<S>` parameters to the state's type;
 /// 3. builds the state and starts every registered [`consumer`];
 /// 4. runs until SIGINT or SIGTERM, then stops gracefully (a second signal exits at once).
 ///
-/// A missing or malformed file, a wrong type or value, or a consumer naming a conf that the
-/// config lacks: one line naming the file and the key on stderr, exit code 2. A failure
-/// while running: exit code 1. A graceful stop: exit code 0.
+/// A missing or malformed file, a wrong type or value, a consumer naming a conf that the
+/// config lacks (with the key it is likely a typo of), two consumers with one name or on one
+/// conf, or a consumer taking a `State<S>` of another type than the state's (found before the
+/// state is built, and by `--check` too): one line naming the file and the key on stderr,
+/// exit code 2. A failure while running: exit code 1. A graceful stop: exit code 0.
 ///
 /// What it expands to:
 ///

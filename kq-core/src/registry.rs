@@ -67,16 +67,17 @@ impl PolicyOverrides {
 inventory::collect!(ConsumerRegistration);
 
 impl ConsumerRegistration {
-    /// Every consumer registered in this binary, sorted by name.
+    /// Every consumer registered in this binary, sorted by name (then by where it is).
     pub fn all() -> Vec<&'static ConsumerRegistration> {
         let mut all: Vec<_> = inventory::iter::<ConsumerRegistration>().collect();
-        all.sort_by_key(|r| (r.name, r.module_path));
+        all.sort_by_key(|r| (r.name, r.module_path, r.file, r.line));
         all
     }
 
-    /// The registered consumer with this name.
+    /// The registered consumer with this name (the first in [`ConsumerRegistration::all`]'s
+    /// order, should two have it, which a service refuses to start with).
     pub fn find(name: &str) -> Option<&'static ConsumerRegistration> {
-        inventory::iter::<ConsumerRegistration>().find(|r| r.name == name)
+        Self::all().into_iter().find(|r| r.name == name)
     }
 
     /// The consumer's configuration: its `KqConf` with the attribute's policy applied.
@@ -86,11 +87,16 @@ impl ConsumerRegistration {
 
     /// Binds the function to the service state, as a [`Handler`].
     pub fn bind(&'static self, ctx: HandlerContext) -> Result<RegisteredHandler, String> {
-        (self.check)(&ctx).map_err(|e| format!("consumer `{}`: {e}", self.name))?;
+        (self.check)(&ctx).map_err(|e| format!("{}: {e}", self.located()))?;
         Ok(RegisteredHandler {
             registration: self,
             ctx,
         })
+    }
+
+    /// The consumer for error messages: its name and where it is, `consumer `name` (file:line)`.
+    pub(crate) fn located(&self) -> String {
+        format!("consumer `{}` ({}:{})", self.name, self.file, self.line)
     }
 }
 
