@@ -110,8 +110,12 @@ pub use kq_core::{
 /// };
 /// ```
 ///
-/// A function that is not `async`, is generic, takes `self`, or names no `conf` does not
-/// compile:
+/// The attribute goes on a free function: the registration beside it calls the function by
+/// its name, which an associated function in an `impl` block does not have in its module, and
+/// a registration cannot sit in an `impl` block. Such a function does not compile (the
+/// compiler says that `consume` is not found, and that `const` items there need a name), nor
+/// does one that is not `async`, is generic, takes `self`, `&mut` or `String`, or names no
+/// `conf`:
 ///
 /// ```compile_fail
 /// #[kq::consumer(conf = "KqConsumerConf")]
@@ -126,6 +130,15 @@ pub use kq_macros::consumer;
 /// its key in the file, honouring `#[serde(rename = "...")]` and
 /// `#[serde(rename_all = "...")]`, or by its Rust name. Any other fields are the
 /// application's own. `#[kq(crate = "path")]` names a renamed `kq` dependency.
+///
+/// A block the file may leave out is an `Option<KqConf>` (or `Option<PusherConf>`) field: when
+/// the file has no such block, the consumer whose `conf` names it is not started (the start
+/// logs it, and `--check` lists it as not started), and when it has one, it is validated and
+/// used as any other. A `KqConf` or `PusherConf` field cannot be `#[serde(flatten)]`, and the
+/// derive refuses one: the runtime finds a block by its key, which a flattened field does not
+/// have, and the flattened keys would mix with the file's top level, where go-zero's `Name`
+/// and `Log` are the service's own. A flattened field of another type stays the
+/// application's, and the derive does not look inside it.
 ///
 /// ```
 /// #[derive(serde::Deserialize, kq::KqConfig)]
@@ -154,13 +167,16 @@ pub use kq_macros::KqConfig;
 ///
 /// The generated `main`:
 /// 1. parses `-f <file>` (default `etc/mq.yaml`, as go-zero services have it);
-/// 2. loads the file (YAML, or JSON/TOML by extension) and validates every `KqConf` block;
+/// 2. loads the file (YAML, or JSON/TOML by extension), validates every `KqConf` block, and
+///    matches every consumer to its block and its `State<S>` parameters to the state's type;
 /// 3. builds the state and starts every registered [`consumer`];
 /// 4. runs until SIGINT or SIGTERM, then stops gracefully (a second signal exits at once).
 ///
-/// A missing or malformed file, a wrong type or value, or a consumer naming a conf that the
-/// config lacks: one line naming the file and the key on stderr, exit code 2. A failure
-/// while running: exit code 1. A graceful stop: exit code 0.
+/// A missing or malformed file, a wrong type or value, a consumer naming a conf that the
+/// config lacks (with the key it is likely a typo of), two consumers with one name or on one
+/// conf, or a consumer taking a `State<S>` of another type than the state's (found before the
+/// state is built, and by `--check` too): one line naming the file and the key on stderr,
+/// exit code 2. A failure while running: exit code 1. A graceful stop: exit code 0.
 ///
 /// What it expands to:
 ///
@@ -176,6 +192,9 @@ macro_rules! main {
     };
     ($config:ty, $state:expr $(,)?) => {
         fn main() -> ::std::process::ExitCode {
+            // Named first, so that a config struct without the derive is reported here, on
+            // the type, and not as a bound of the function below.
+            let _ = <$config as $crate::__private::KqConfig>::kq_fields;
             $crate::__private::run_main::<$config, _>(|config: &$config| {
                 #[allow(unused_imports)]
                 use $crate::__private::state_kind::{PlainState as _, ResultState as _};

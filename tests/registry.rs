@@ -1,5 +1,6 @@
-//! Matching registered consumers to the config: a conf the config lacks, two consumers on
-//! one conf, and a `State<S>` of the wrong type are all reported at start-up, together.
+//! Matching registered consumers to the config: a conf the config lacks (with the field it is
+//! likely a typo of), two consumers on one conf or with one name, and a `State<S>` of the
+//! wrong type are all reported at start-up, together.
 
 use std::sync::Arc;
 
@@ -26,6 +27,12 @@ async fn shipments(_key: &str, _value: &str) {}
 #[kq::consumer(conf = "refunds")]
 async fn refunds(_state: kq::State<String>, _msg: &kq::Message) {}
 
+mod billing {
+    // The same name as the consumer above, and a typo of a conf key.
+    #[kq::consumer(conf = "Refund")]
+    async fn refunds(_key: &str, _value: &str) {}
+}
+
 fn config() -> Config {
     let conf = |topic: &str| KqConf::new(["embedded"], "g", topic);
     Config {
@@ -38,7 +45,7 @@ fn config() -> Config {
 fn every_registration_problem_is_reported_with_where_it_is() {
     let context = HandlerContext::new(Arc::new(AppState));
     let problems = kq::registered_queues(&config(), &context).unwrap_err();
-    assert_eq!(problems.len(), 3, "{problems:#?}");
+    assert_eq!(problems.len(), 5, "{problems:#?}");
     let all = problems.join("\n");
 
     assert!(
@@ -54,9 +61,25 @@ fn every_registration_problem_is_reported_with_where_it_is() {
         "{all}"
     );
     assert!(
-        all.contains("consumer `refunds`")
+        all.contains("consumer `refunds` (tests/registry.rs:")
             && all.contains("takes `State<alloc::string::String>` but the service state is")
             && all.contains("AppState"),
+        "{all}"
+    );
+    let same_name = problems
+        .iter()
+        .find(|p| p.contains("have the same name"))
+        .expect("two consumers named `refunds`");
+    assert_eq!(
+        same_name
+            .matches("consumer `refunds` (tests/registry.rs:")
+            .count(),
+        2,
+        "{same_name}"
+    );
+    assert!(
+        all.contains("consumes with `Refund`, which is not a KqConf field of")
+            && all.contains("KqConf fields: Orders, Refunds); did you mean `Refunds`?"),
         "{all}"
     );
 }
@@ -67,7 +90,10 @@ fn registrations_are_listed_by_name() {
         .iter()
         .map(|r| r.name)
         .collect();
-    assert_eq!(names, ["orders", "orders_audit", "refunds", "shipments"]);
+    assert_eq!(
+        names,
+        ["orders", "orders_audit", "refunds", "refunds", "shipments"]
+    );
     let refunds = kq::ConsumerRegistration::find("refunds").unwrap();
     assert_eq!(refunds.conf, "refunds");
     assert_eq!(refunds.module_path, "registry");

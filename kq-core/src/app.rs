@@ -11,7 +11,7 @@ use crate::handler::HandlerContext;
 use crate::load::{ConfigFile, LoadError};
 use crate::observe::{self, DevServerConf, PrometheusConf};
 use crate::queue::Queue;
-use crate::registry::{ConsumerRegistration, KqConfig};
+use crate::registry::{block, ConsumerRegistration, KqConfig, RegisteredHandler};
 use crate::service::ServiceGroup;
 use crate::telemetry;
 
@@ -82,18 +82,23 @@ where
     service
         .validate()
         .map_err(|problem| Failure::config(LoadError::new(file, problem)))?;
+    // Against the state's type, not a state: building one may connect to services or spawn
+    // work, which `--check` must not do and a start need not do to find a mismatch.
+    let (consumers, problems) = bind_all(&config, &HandlerContext::of_type::<S>());
+    if !problems.is_empty() {
+        return Err(Failure::config(format!(
+            "{}: {}",
+            file.display(),
+            problems.join("; ")
+        )));
+    }
     if args.mode != Mode::Run {
-        let (consumers, problems) = resolve(&config);
-        if !problems.is_empty() {
-            return Err(Failure::config(format!(
-                "{}: {}",
-                file.display(),
-                problems.join("; ")
-            )));
-        }
         match args.mode {
             Mode::Check => print_check(file, &consumers),
-            _ => println!("{}", describe(&binary_name(), &config, &consumers)),
+            _ => {
+                let started: Vec<_> = consumers.started().collect();
+                println!("{}", describe(&binary_name(), &config, &started));
+            }
         }
         return Ok(());
     }
@@ -263,79 +268,193 @@ fn binary_name() -> String {
 }
 
 /// A queue for every registered consumer, bound to `context`. Every problem is reported,
-/// not only the first: a conf key the config lacks, two consumers on one conf, a `State<S>`
-/// of the wrong type.
+/// not only the first: a conf key the config lacks, two consumers on one conf or with one
+/// name, a `State<S>` of the wrong type. A consumer whose `Option<KqConf>` block the file
+/// leaves out gets no queue.
 pub fn registered_queues<C: KqConfig>(
     config: &C,
     context: &HandlerContext,
 ) -> Result<Vec<Queue>, Vec<String>> {
-    let (consumers, mut problems) = resolve(config);
-    let mut queues = Vec::new();
-    for (registration, conf) in consumers {
-        match registration.bind(context.clone()) {
-            Ok(handler) => queues.push(Queue::new(registration.name, conf, handler)),
-            Err(e) => problems.push(format!("{}: {e}", located(registration))),
-        }
-    }
+    let (bound, problems) = bind_all(config, context);
     if !problems.is_empty() {
         return Err(problems);
     }
+    for registration in &bound.absent {
+        tracing::info!(
+            consumer = registration.name,
+            conf = registration.conf,
+            "not started: the config file has no `{}` block",
+            registration.conf
+        );
+    }
+    let queues: Vec<_> = bound
+        .started
+        .into_iter()
+        .map(|(registration, conf, handler)| Queue::new(registration.name, conf, handler))
+        .collect();
     if queues.is_empty() {
-        tracing::warn!("no consumer is registered with #[kq::consumer]");
+        tracing::warn!("no consumer to start: none is registered with #[kq::consumer], or every one's block is absent");
     }
     Ok(queues)
 }
 
-/// Every registered consumer whose conf was found, with the configuration it runs with, and
-/// every problem with the others.
-fn resolve<C: KqConfig>(config: &C) -> (Vec<(&'static ConsumerRegistration, KqConf)>, Vec<String>) {
+/// The registered consumers, matched to the config and bound to `context`.
+struct Bound {
+    /// Those to start, with the configuration each runs with.
+    started: Vec<(&'static ConsumerRegistration, KqConf, RegisteredHandler)>,
+    /// Those whose `Option<KqConf>` block the file leaves out.
+    absent: Vec<&'static ConsumerRegistration>,
+}
+
+impl Bound {
+    fn started(&self) -> impl Iterator<Item = (&'static ConsumerRegistration, KqConf)> + '_ {
+        self.started
+            .iter()
+            .map(|(registration, conf, _)| (*registration, conf.clone()))
+    }
+}
+
+/// Matches every registered consumer to its conf and binds it to `context`; with every
+/// problem, each naming the consumer and where it is.
+fn bind_all<C: KqConfig>(config: &C, context: &HandlerContext) -> (Bound, Vec<String>) {
     let registrations = ConsumerRegistration::all();
-    let mut consumers = Vec::new();
+    let mut bound = Bound {
+        started: Vec::new(),
+        absent: Vec::new(),
+    };
     let mut problems = Vec::new();
     for (i, registration) in registrations.iter().enumerate() {
-        let at = located(registration);
-        if let Some(first) = registrations[..i]
-            .iter()
-            .find(|r| r.conf == registration.conf)
-        {
+        let at = registration.located();
+        let earlier = &registrations[..i];
+        // Logs, metrics and `ConsumerRegistration::find` tell consumers apart by name.
+        if let Some(first) = earlier.iter().find(|r| r.name == registration.name) {
+            problems.push(format!(
+                "{at} and {} have the same name; give one another with `name = \"...\"`",
+                first.located()
+            ));
+        }
+        if let Some(first) = earlier.iter().find(|r| r.conf == registration.conf) {
             problems.push(format!(
                 "{at} and {} both consume with `{}`; give each its own KqConf block",
-                located(first),
+                first.located(),
                 registration.conf
             ));
             continue;
         }
-        match config.kq_conf(registration.conf) {
-            Some(conf) => consumers.push((*registration, registration.conf(conf))),
-            None => {
-                let known: Vec<_> = config.kq_confs().into_keys().collect();
+        let conf = match config.find_field(registration.conf).map(block::<KqConf>) {
+            Some(Some(Some(conf))) => conf,
+            Some(Some(None)) => {
+                bound.absent.push(registration);
+                continue;
+            }
+            Some(None) => {
                 problems.push(format!(
-                    "{at} consumes with `{}`, which is not a KqConf field of `{}` (KqConf fields: {})",
+                    "{at} consumes with `{}`, which is a field of `{}` but not a KqConf{}",
                     registration.conf,
                     std::any::type_name::<C>(),
-                    if known.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        known.join(", ")
-                    }
+                    kq_conf_fields(config, registration.conf)
                 ));
+                continue;
             }
+            None => {
+                problems.push(format!(
+                    "{at} consumes with `{}`, which is not a KqConf field of `{}`{}",
+                    registration.conf,
+                    std::any::type_name::<C>(),
+                    kq_conf_fields(config, registration.conf)
+                ));
+                continue;
+            }
+        };
+        match registration.bind(context.clone()) {
+            Ok(handler) => bound
+                .started
+                .push((registration, registration.conf(conf), handler)),
+            Err(e) => problems.push(e),
         }
     }
-    (consumers, problems)
+    (bound, problems)
 }
 
-fn located(registration: &ConsumerRegistration) -> String {
-    format!(
-        "consumer `{}` ({}:{})",
-        registration.name, registration.file, registration.line
-    )
+/// ` (KqConf fields: A, B); did you mean `A`?`, for a conf key that names no KqConf field:
+/// the fields there are, by key, and the one `key` is likely a typo of.
+fn kq_conf_fields<C: KqConfig>(config: &C, key: &str) -> String {
+    let fields: Vec<_> = config
+        .kq_fields()
+        .into_iter()
+        .filter(|f| block::<KqConf>(f.value).is_some())
+        .collect();
+    let mut keys: Vec<_> = fields.iter().map(|f| f.serde_name).collect();
+    keys.sort_unstable();
+    let listed = if keys.is_empty() {
+        "none".to_owned()
+    } else {
+        keys.join(", ")
+    };
+    // Either name finds the field, so either may be the one mistyped.
+    let names = fields.iter().flat_map(|f| [f.serde_name, f.rust_name]);
+    match closest(key, names) {
+        Some(name) => format!(" (KqConf fields: {listed}); did you mean `{name}`?"),
+        None => format!(" (KqConf fields: {listed})"),
+    }
 }
 
-/// `--check`: the config is valid; one line per consumer.
-fn print_check(file: &Path, consumers: &[(&'static ConsumerRegistration, KqConf)]) {
-    println!("{}: ok, {} consumer(s)", file.display(), consumers.len());
-    for (registration, conf) in consumers {
+/// The candidate nearest to `name` by edit distance, ignoring case, when it is near enough to
+/// be a typo of it: at most one edit per three characters (at least one). Of equally near
+/// ones, the nearest with case counted, then the first.
+fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let lower = name.to_lowercase();
+    let limit = (lower.chars().count() / 3).max(1);
+    let mut best: Option<((usize, usize), &str)> = None;
+    for candidate in candidates {
+        let distance = edit_distance(&lower, &candidate.to_lowercase());
+        if distance > limit {
+            continue;
+        }
+        let rank = (distance, edit_distance(name, candidate));
+        if best.is_none_or(|(nearest, _)| rank < nearest) {
+            best = Some((rank, candidate));
+        }
+    }
+    best.map(|(_, candidate)| candidate)
+}
+
+/// The Levenshtein distance between `a` and `b`: the fewest characters to insert, delete or
+/// replace to turn one into the other.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    // The distances from the prefix of `a` read so far to each prefix of `b`.
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let replace = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = replace.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
+}
+
+/// `--check`: the config is valid; one line per consumer, and one per consumer whose
+/// `Option<KqConf>` block is absent.
+fn print_check(file: &Path, consumers: &Bound) {
+    if consumers.absent.is_empty() {
+        println!(
+            "{}: ok, {} consumer(s)",
+            file.display(),
+            consumers.started.len()
+        );
+    } else {
+        println!(
+            "{}: ok, {} consumer(s), {} not started (no block)",
+            file.display(),
+            consumers.started.len(),
+            consumers.absent.len()
+        );
+    }
+    for (registration, conf) in consumers.started() {
         println!(
             "{}\tconf {}\ttopic {}\tgroup {}\tbrokers {}\t{}:{}",
             registration.name,
@@ -345,6 +464,12 @@ fn print_check(file: &Path, consumers: &[(&'static ConsumerRegistration, KqConf)
             conf.brokers.join(","),
             registration.file,
             registration.line
+        );
+    }
+    for registration in &consumers.absent {
+        println!(
+            "{}\tconf {}\tnot started: the file has no such block\t{}:{}",
+            registration.name, registration.conf, registration.file, registration.line
         );
     }
 }
@@ -389,7 +514,7 @@ pub fn describe<C: KqConfig>(
         });
     }
     for field in config.kq_fields() {
-        if let Some(pusher) = field.value.downcast_ref::<crate::conf::PusherConf>() {
+        if let Some(Some(pusher)) = block::<crate::conf::PusherConf>(field.value) {
             let server = server_of(&pusher.brokers);
             let channel = channels
                 .entry(pusher.topic.clone())
@@ -443,5 +568,265 @@ pub mod state_kind {
         pub fn into_state<S>(self, value: S) -> Result<S, String> {
             Ok(value)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handler::{BoxFuture, FromMessage, HandlerError, State};
+    use crate::message::Message;
+    use crate::registry::{ConfigField, PolicyOverrides};
+
+    #[test]
+    fn edit_distance_counts_insertions_deletions_and_replacements() {
+        assert_eq!(edit_distance("", ""), 0);
+        assert_eq!(edit_distance("abc", ""), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("KqConf", "KqConf"), 0);
+        assert_eq!(edit_distance("KqConsumerConf", "KqConsumerConfs"), 1);
+        assert_eq!(edit_distance("KqConsumerConf", "KqConsumrConf"), 1);
+        assert_eq!(edit_distance("KqConsumerConf", "KqConsumerCnof"), 2);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        // Characters, not bytes: `ä` is two bytes in UTF-8.
+        assert_eq!(edit_distance("Zählung", "Zahlung"), 1);
+    }
+
+    #[test]
+    fn closest_suggests_only_a_likely_typo() {
+        let fields = ["KqConsumerConf", "kq_consumer_conf", "Refunds", "refunds"];
+        assert_eq!(closest("KqConsumerConfig", fields), Some("KqConsumerConf"));
+        assert_eq!(closest("kqconsumerconf", fields), Some("KqConsumerConf"));
+        assert_eq!(closest("kq_consumer_cof", fields), Some("kq_consumer_conf"));
+        assert_eq!(closest("Refund", fields), Some("Refunds"));
+        assert_eq!(closest("refund", fields), Some("refunds"));
+        assert_eq!(closest("Shipments", fields), None);
+        assert_eq!(closest("Ab", ["Ac", "Xy"]), Some("Ac"));
+        assert_eq!(closest("Ab", ["Xy"]), None);
+        assert_eq!(closest("Orders", []), None);
+    }
+
+    // Consumers as `#[kq::consumer]` registers them, for the tests below. They are all in
+    // this test binary's registry, so each test reads the problems about its own.
+
+    struct TestState;
+
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct TestConfig {
+        payments: KqConf,
+        refunds: KqConf,
+        #[serde(default)]
+        audit: Option<KqConf>,
+    }
+
+    impl KqConfig for TestConfig {
+        fn kq_fields(&self) -> Vec<ConfigField<'_>> {
+            vec![
+                ConfigField {
+                    serde_name: "Payments",
+                    rust_name: "payments",
+                    value: &self.payments,
+                },
+                ConfigField {
+                    serde_name: "Refunds",
+                    rust_name: "refunds",
+                    value: &self.refunds,
+                },
+                ConfigField {
+                    serde_name: "Audit",
+                    rust_name: "audit",
+                    value: &self.audit,
+                },
+            ]
+        }
+    }
+
+    fn handler<'a>(
+        _: &'a Message,
+        _: &'a HandlerContext,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn takes_test_state(ctx: &HandlerContext) -> Result<(), String> {
+        <&State<TestState> as FromMessage<'_>>::check(ctx)
+    }
+
+    fn takes_string_state(ctx: &HandlerContext) -> Result<(), String> {
+        <State<String> as FromMessage<'_>>::check(ctx)
+    }
+
+    fn takes_no_state(_: &HandlerContext) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn no_headers() -> bool {
+        false
+    }
+
+    macro_rules! register {
+        ($name:literal, $conf:literal, $check:expr) => {
+            inventory::submit! {
+                ConsumerRegistration {
+                    name: $name,
+                    conf: $conf,
+                    module_path: module_path!(),
+                    file: file!(),
+                    line: line!(),
+                    handler,
+                    check: $check,
+                    reads_headers: no_headers,
+                    reads_text: false,
+                    policy: PolicyOverrides {
+                        retry_attempts: None,
+                        dead_letter_topic: None,
+                        force_commit: None,
+                    },
+                }
+            }
+        };
+    }
+
+    register!("payments", "Payments", takes_test_state);
+    register!("refunds", "Refunds", takes_string_state);
+    register!("audit", "Audit", takes_no_state);
+    register!("payments", "payment", takes_no_state);
+
+    fn config(audit: bool) -> TestConfig {
+        let conf = |topic: &str| KqConf::new(["embedded"], "g", topic);
+        TestConfig {
+            payments: conf("payments"),
+            refunds: conf("refunds"),
+            audit: audit.then(|| conf("audit")),
+        }
+    }
+
+    fn problems(config: &TestConfig, context: &HandlerContext) -> Vec<String> {
+        bind_all(config, context).1
+    }
+
+    fn about<'a>(problems: &'a [String], fragment: &str) -> Vec<&'a String> {
+        problems.iter().filter(|p| p.contains(fragment)).collect()
+    }
+
+    #[test]
+    fn two_consumers_with_one_name_are_reported_with_both_places() {
+        let problems = problems(&config(true), &HandlerContext::of_type::<TestState>());
+        let same = about(&problems, "have the same name");
+        assert_eq!(same.len(), 1, "{problems:#?}");
+        let line = same[0].as_str();
+        let places = line
+            .matches("consumer `payments` (kq-core/src/app.rs:")
+            .count();
+        assert_eq!(places, 2, "{line}");
+        assert!(line.contains("`name = \"...\"`"), "{line}");
+    }
+
+    #[test]
+    fn a_conf_key_that_names_no_field_suggests_the_nearest() {
+        let problems = problems(&config(true), &HandlerContext::of_type::<TestState>());
+        let missing = about(&problems, "consumes with `payment`");
+        assert_eq!(missing.len(), 1, "{problems:#?}");
+        assert!(
+            missing[0].ends_with(
+                "which is not a KqConf field of `kq_core::app::tests::TestConfig` \
+                 (KqConf fields: Audit, Payments, Refunds); did you mean `payments`?"
+            ),
+            "{}",
+            missing[0]
+        );
+    }
+
+    #[test]
+    fn a_state_of_another_type_is_reported_without_building_the_state() {
+        let problems = problems(&config(true), &HandlerContext::of_type::<TestState>());
+        let state = about(&problems, "the service state is");
+        assert_eq!(state.len(), 1, "{problems:#?}");
+        assert!(
+            state[0].starts_with("consumer `refunds` (kq-core/src/app.rs:")
+                && state[0].ends_with(
+                    "): the handler takes `State<alloc::string::String>` \
+                     but the service state is `kq_core::app::tests::TestState`"
+                ),
+            "{}",
+            state[0]
+        );
+    }
+
+    #[test]
+    fn a_consumer_whose_optional_block_is_absent_is_not_started() {
+        let context = HandlerContext::of_type::<TestState>();
+        let (bound, problems) = bind_all(&config(false), &context);
+        assert!(about(&problems, "`audit`").is_empty(), "{problems:#?}");
+        let absent: Vec<_> = bound.absent.iter().map(|r| r.name).collect();
+        assert_eq!(absent, ["audit"]);
+        let started: Vec<_> = bound.started().map(|(r, c)| (r.name, c.topic)).collect();
+        assert_eq!(started, [("payments", "payments".to_owned())]);
+
+        let (bound, _) = bind_all(&config(true), &context);
+        assert!(bound.absent.is_empty());
+        let started: Vec<_> = bound.started().map(|(r, c)| (r.name, c.topic)).collect();
+        assert_eq!(
+            started,
+            [
+                ("audit", "audit".to_owned()),
+                ("payments", "payments".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn an_absent_optional_block_is_neither_found_nor_checked() {
+        let mut config = config(false);
+        assert!(config.kq_conf("Audit").is_none());
+        assert!(config.find_field("Audit").is_some());
+        assert_eq!(config.kq_confs().len(), 2);
+        assert_eq!(config.check(), Ok(()));
+
+        config.audit = Some(KqConf::new(["embedded"], "", "audit"));
+        assert_eq!(
+            config.kq_conf("audit").map(|c| c.topic.as_str()),
+            Some("audit")
+        );
+        assert_eq!(config.kq_confs().len(), 3);
+        let problems = config.check().expect_err("an empty Group");
+        assert!(problems[0].starts_with("`Audit.Group`"), "{problems:?}");
+    }
+
+    #[test]
+    fn check_fails_with_code_2_on_a_state_of_another_type_and_builds_no_state() {
+        let file = std::env::temp_dir().join(format!("kq-app-check-{}.yaml", std::process::id()));
+        let block = |topic: &str| format!("  Brokers: [embedded]\n  Group: g\n  Topic: {topic}\n");
+        let yaml = format!(
+            "Payments:\n{}Refunds:\n{}",
+            block("payments"),
+            block("refunds")
+        );
+        std::fs::write(&file, yaml).expect("write the config file");
+        let args = Args {
+            file: file.clone(),
+            mode: Mode::Check,
+        };
+        let outcome =
+            run::<TestConfig, TestState>(&args, |_| panic!("--check built the service state"));
+        let _ = std::fs::remove_file(&file);
+
+        let Err(Failure { code, message }) = outcome else {
+            panic!("--check passed");
+        };
+        assert_eq!(code, EXIT_CONFIG);
+        assert!(
+            message.starts_with(&format!("{}: ", file.display())),
+            "{message}"
+        );
+        assert!(
+            message.contains(
+                "): the handler takes `State<alloc::string::String>` \
+                 but the service state is `kq_core::app::tests::TestState`"
+            ),
+            "{message}"
+        );
+        assert!(!message.contains('\n'), "one line: {message}");
     }
 }

@@ -130,8 +130,9 @@ impl<H: Handler + ?Sized> Handler for Arc<H> {
 /// What extractors see besides the message: the application state built by `kq::main!`.
 #[derive(Clone)]
 pub struct HandlerContext {
-    /// A `State<S>`, which a `&State<S>` parameter borrows.
-    state: Arc<dyn Any + Send + Sync>,
+    /// A `State<S>`, which a `&State<S>` parameter borrows; `None` in a context that only
+    /// knows the state's type, for checking handlers against it.
+    state: Option<Arc<dyn Any + Send + Sync>>,
     /// `S`, kept so that a `State<S>` parameter is checked without a call through `state`'s
     /// vtable for every message.
     state_type_id: TypeId,
@@ -142,7 +143,18 @@ impl HandlerContext {
     /// A context holding `state`, which `State<S>` parameters read.
     pub fn new<S: Send + Sync + 'static>(state: Arc<S>) -> Self {
         HandlerContext {
-            state: Arc::new(State(state)),
+            state: Some(Arc::new(State(state))),
+            state_type_id: TypeId::of::<S>(),
+            state_type: std::any::type_name::<S>(),
+        }
+    }
+
+    /// A context that knows the state's type and holds no state: binding handlers to it
+    /// checks their `State<S>` parameters without building the state, which may connect to
+    /// services or spawn work. A handler run with it finds no state.
+    pub(crate) fn of_type<S: Send + Sync + 'static>() -> Self {
+        HandlerContext {
+            state: None,
             state_type_id: TypeId::of::<S>(),
             state_type: std::any::type_name::<S>(),
         }
@@ -159,10 +171,11 @@ impl HandlerContext {
     }
 
     fn state<S: Send + Sync + 'static>(&self) -> Option<&State<S>> {
+        let state = self.state.as_ref()?;
         if !self.holds::<S>() {
             return None;
         }
-        let state = Arc::as_ptr(&self.state).cast::<State<S>>();
+        let state = Arc::as_ptr(state).cast::<State<S>>();
         // SAFETY: `new` put a `State<S>` behind `state`, and `state_type_id` is `S`, so this
         // is the reference `downcast_ref::<State<S>>` would give, borrowed from `self`.
         Some(unsafe { &*state })

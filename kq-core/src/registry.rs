@@ -67,16 +67,17 @@ impl PolicyOverrides {
 inventory::collect!(ConsumerRegistration);
 
 impl ConsumerRegistration {
-    /// Every consumer registered in this binary, sorted by name.
+    /// Every consumer registered in this binary, sorted by name (then by where it is).
     pub fn all() -> Vec<&'static ConsumerRegistration> {
         let mut all: Vec<_> = inventory::iter::<ConsumerRegistration>().collect();
-        all.sort_by_key(|r| (r.name, r.module_path));
+        all.sort_by_key(|r| (r.name, r.module_path, r.file, r.line));
         all
     }
 
-    /// The registered consumer with this name.
+    /// The registered consumer with this name (the first in [`ConsumerRegistration::all`]'s
+    /// order, should two have it, which a service refuses to start with).
     pub fn find(name: &str) -> Option<&'static ConsumerRegistration> {
-        inventory::iter::<ConsumerRegistration>().find(|r| r.name == name)
+        Self::all().into_iter().find(|r| r.name == name)
     }
 
     /// The consumer's configuration: its `KqConf` with the attribute's policy applied.
@@ -86,11 +87,16 @@ impl ConsumerRegistration {
 
     /// Binds the function to the service state, as a [`Handler`].
     pub fn bind(&'static self, ctx: HandlerContext) -> Result<RegisteredHandler, String> {
-        (self.check)(&ctx).map_err(|e| format!("consumer `{}`: {e}", self.name))?;
+        (self.check)(&ctx).map_err(|e| format!("{}: {e}", self.located()))?;
         Ok(RegisteredHandler {
             registration: self,
             ctx,
         })
+    }
+
+    /// The consumer for error messages: its name and where it is, `consumer `name` (file:line)`.
+    pub(crate) fn located(&self) -> String {
+        format!("consumer `{}` ({}:{})", self.name, self.file, self.line)
     }
 }
 
@@ -126,18 +132,25 @@ impl Handler for RegisteredHandler {
 ///
 /// Derive it with `#[derive(kq::KqConfig)]` next to `serde::Deserialize`; the derive knows
 /// each field's serde name (honouring `rename` and `rename_all`) and its Rust name.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a kq config struct",
+    label = "not a `KqConfig`",
+    note = "derive it next to `serde::Deserialize`: `#[derive(serde::Deserialize, kq::KqConfig)]`"
+)]
 pub trait KqConfig: serde::de::DeserializeOwned + Send + Sync + 'static {
     /// Every field, by serde name and Rust name.
     fn kq_fields(&self) -> Vec<ConfigField<'_>>;
 
-    /// The `KqConf` under this key (serde name or Rust field name).
+    /// The `KqConf` under this key (serde name or Rust field name): a `KqConf` field, or an
+    /// `Option<KqConf>` one whose block the file has.
     fn kq_conf(&self, key: &str) -> Option<&KqConf> {
-        self.find_field(key)?.downcast_ref::<KqConf>()
+        block::<KqConf>(self.find_field(key)?).flatten()
     }
 
-    /// The `PusherConf` under this key (serde name or Rust field name).
+    /// The `PusherConf` under this key (serde name or Rust field name): a `PusherConf` field,
+    /// or an `Option<PusherConf>` one whose block the file has.
     fn pusher_conf(&self, key: &str) -> Option<&PusherConf> {
-        self.find_field(key)?.downcast_ref::<PusherConf>()
+        block::<PusherConf>(self.find_field(key)?).flatten()
     }
 
     /// The field under this key, whatever its type.
@@ -153,10 +166,10 @@ pub trait KqConfig: serde::de::DeserializeOwned + Send + Sync + 'static {
     fn check(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
         for field in self.kq_fields() {
-            let invalid = if let Some(conf) = field.value.downcast_ref::<KqConf>() {
-                conf.validate().err()
-            } else if let Some(conf) = field.value.downcast_ref::<PusherConf>() {
-                conf.validate().err()
+            let invalid = if let Some(conf) = block::<KqConf>(field.value) {
+                conf.and_then(|conf| conf.validate().err())
+            } else if let Some(conf) = block::<PusherConf>(field.value) {
+                conf.and_then(|conf| conf.validate().err())
             } else {
                 None
             };
@@ -171,13 +184,24 @@ pub trait KqConfig: serde::de::DeserializeOwned + Send + Sync + 'static {
         }
     }
 
-    /// Every `KqConf` field, by serde name.
+    /// Every `KqConf` field, and every `Option<KqConf>` one whose block the file has, by
+    /// serde name.
     fn kq_confs(&self) -> BTreeMap<&'static str, &KqConf> {
         self.kq_fields()
             .into_iter()
-            .filter_map(|f| Some((f.serde_name, f.value.downcast_ref::<KqConf>()?)))
+            .filter_map(|f| Some((f.serde_name, block::<KqConf>(f.value)??)))
             .collect()
     }
+}
+
+/// A field's value as a config block of type `T`: `Some(Some(_))` for a `T`, or an
+/// `Option<T>` whose block the file has, `Some(None)` for an `Option<T>` whose block it lacks,
+/// `None` for a field of another type.
+pub(crate) fn block<T: Any>(value: &dyn Any) -> Option<Option<&T>> {
+    if let Some(block) = value.downcast_ref::<T>() {
+        return Some(Some(block));
+    }
+    value.downcast_ref::<Option<T>>().map(Option::as_ref)
 }
 
 /// One field of a [`KqConfig`] struct.

@@ -4,11 +4,10 @@
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::ext::IdentExt as _;
-use syn::parse::Parser;
 use syn::spanned::Spanned;
 use syn::{FnArg, ItemFn, LitBool, LitInt, LitStr, Path, ReturnType, Type};
 
-use crate::attr::{self, Arg};
+use crate::attr::{self, Arg, Errors};
 
 const KEYS: &[&str] = &[
     "conf",
@@ -48,15 +47,14 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
             return with_error(item, error);
         }
     };
-    let mut errors = Vec::new();
-    let args = parse_args(args).map_err(|e| errors.push(e)).ok();
-    let params = check_function(&function).map_err(|e| errors.push(e)).ok();
-    if let Some(error) = attr::combine(errors) {
-        return with_error(item, error);
-    }
-    match (args, params) {
-        (Some(args), Some(params)) => generate(&function, &args, &params),
-        _ => item,
+    let mut errors = Errors::default();
+    let args = parse_args(args, &mut errors);
+    let params = check_function(&function, &mut errors);
+    match (errors.combined(), args) {
+        (None, Some(args)) => generate(&function, &args, &params),
+        (Some(error), _) => with_error(item, error),
+        // `parse_args` returns no arguments only with an error.
+        (None, None) => item,
     }
 }
 
@@ -65,65 +63,62 @@ fn with_error(item: TokenStream, error: syn::Error) -> TokenStream {
     quote! { #item #error }
 }
 
-fn parse_args(tokens: TokenStream) -> syn::Result<Args> {
+/// The attribute's arguments, or `None` when `conf` is missing; every problem goes to `errors`.
+fn parse_args(tokens: TokenStream, errors: &mut Errors) -> Option<Args> {
     let mut conf = Arg::<LitStr>::new("conf");
     let mut name = Arg::<LitStr>::new("name");
     let mut krate = Arg::<Path>::new("crate");
     let mut retry_attempts = Arg::<LitInt>::new("retry_attempts");
     let mut dead_letter_topic = Arg::<LitStr>::new("dead_letter_topic");
     let mut force_commit = Arg::<LitBool>::new("force_commit");
-    let parser = syn::meta::parser(|meta| {
+    errors.parse_args(tokens, |meta| {
         if meta.path.is_ident("conf") {
-            let value = attr::string(&meta)?;
-            if value.value().trim().is_empty() {
-                return Err(syn::Error::new(
-                    value.span(),
-                    "`conf` must name a config key",
-                ));
-            }
-            conf.set(&meta, value)
+            conf.parse(meta, |meta| {
+                let value = attr::string(meta, r#"conf = "KqConsumerConf""#)?;
+                not_blank(value, "`conf` must name a config key")
+            })
         } else if meta.path.is_ident("name") {
-            let value = attr::string(&meta)?;
-            if value.value().trim().is_empty() {
-                return Err(syn::Error::new(value.span(), "`name` must not be empty"));
-            }
-            name.set(&meta, value)
+            name.parse(meta, |meta| {
+                let value = attr::string(meta, r#"name = "payment_success""#)?;
+                not_blank(value, "`name` must not be empty")
+            })
         } else if meta.path.is_ident("crate") {
-            let value = attr::path(&meta)?;
-            krate.set(&meta, value)
+            krate.parse(meta, |meta| attr::path(meta, r#"crate = "::kq""#))
         } else if meta.path.is_ident("retry_attempts") {
-            let value: LitInt = meta.value()?.parse()?;
-            if value.base10_parse::<u32>()? < 1 {
-                return Err(syn::Error::new(
-                    value.span(),
-                    "`retry_attempts` counts the first attempt too: at least 1",
-                ));
-            }
-            retry_attempts.set(&meta, value)
+            retry_attempts.parse(meta, |meta| {
+                let value = attr::int(meta, "retry_attempts = 5")?;
+                if value.base10_parse::<u32>()? < 1 {
+                    return Err(syn::Error::new(
+                        value.span(),
+                        "`retry_attempts` counts the first attempt too: at least 1",
+                    ));
+                }
+                Ok(value)
+            })
         } else if meta.path.is_ident("dead_letter_topic") {
-            let value = attr::string(&meta)?;
-            if value.value().trim().is_empty() {
-                return Err(syn::Error::new(
-                    value.span(),
-                    "`dead_letter_topic` must name a topic",
-                ));
-            }
-            dead_letter_topic.set(&meta, value)
+            dead_letter_topic.parse(meta, |meta| {
+                let value = attr::string(meta, r#"dead_letter_topic = "payments-dlq""#)?;
+                not_blank(value, "`dead_letter_topic` must name a topic")
+            })
         } else if meta.path.is_ident("force_commit") {
-            let value: LitBool = meta.value()?.parse()?;
-            force_commit.set(&meta, value)
+            force_commit.parse(meta, |meta| attr::boolean(meta, "force_commit = false"))
         } else {
-            Err(attr::unknown(&meta, KEYS))
+            Err(attr::unknown(meta, KEYS))
         }
     });
-    parser.parse2(tokens)?;
-    let conf = conf.take().ok_or_else(|| {
-        syn::Error::new(
+    // A `conf` with a bad value is reported as such, not as missing too.
+    let conf_given = conf.given();
+    let Some(conf) = conf.take() else {
+        if conf_given {
+            return None;
+        }
+        errors.push(syn::Error::new(
             Span::call_site(),
             "missing `conf`: name the config key of the consumer's KqConf, as in #[kq::consumer(conf = \"KqConsumerConf\")]",
-        )
-    })?;
-    Ok(Args {
+        ));
+        return None;
+    };
+    Some(Args {
         conf,
         name: name.take(),
         krate: krate.take().unwrap_or_else(|| syn::parse_quote!(::kq)),
@@ -133,10 +128,16 @@ fn parse_args(tokens: TokenStream) -> syn::Result<Args> {
     })
 }
 
-/// Checks the function's shape and classifies its parameters; all problems at once.
-fn check_function(function: &ItemFn) -> syn::Result<Vec<Param>> {
+fn not_blank(value: LitStr, error: &str) -> syn::Result<LitStr> {
+    if value.value().trim().is_empty() {
+        return Err(syn::Error::new(value.span(), error));
+    }
+    Ok(value)
+}
+
+/// Checks the function's shape and classifies its parameters; every problem goes to `errors`.
+fn check_function(function: &ItemFn, errors: &mut Errors) -> Vec<Param> {
     let sig = &function.sig;
-    let mut errors = Vec::new();
     if sig.asyncness.is_none() {
         errors.push(syn::Error::new_spanned(
             sig.fn_token,
@@ -171,20 +172,35 @@ fn check_function(function: &ItemFn) -> syn::Result<Vec<Param>> {
                 "a kq consumer is a free function; it cannot take `self`",
             )),
             FnArg::Typed(typed) => {
-                if let Type::ImplTrait(_) = &*typed.ty {
+                let ty = &typed.ty;
+                if let Type::ImplTrait(_) = &**ty {
                     errors.push(syn::Error::new_spanned(
-                        &typed.ty,
+                        ty,
                         "a kq consumer cannot take `impl Trait`: name a concrete type",
                     ));
-                } else if is_str_ref(&typed.ty) {
-                    strings.push(typed.ty.clone());
+                } else if let Some(reference) = mutable_reference(ty) {
+                    // No `FromMessage` impl can hand out `&mut`: the message and the state
+                    // are shared with the queue, which commits the message afterwards.
+                    errors.push(syn::Error::new_spanned(
+                        reference,
+                        "a kq consumer cannot take `&mut`: the message and the state are shared with the queue; take `&kq::Message` or `&kq::State<S>`",
+                    ));
+                } else if is_owned_string(ty) {
+                    // Only kq could implement `FromMessage` for `String` (the orphan rule),
+                    // and it does not: the author most likely meant go-queue's key or value.
+                    errors.push(syn::Error::new_spanned(
+                        ty,
+                        "a kq consumer takes the key and the value as `&str`, not `String`: take `key: &str, value: &str` as go-queue's Consume does, and `.to_owned()` what must outlive the handler",
+                    ));
+                } else if is_str_ref(ty) {
+                    strings.push(ty.clone());
                     params.push(if strings.len() == 1 {
                         Param::Key
                     } else {
                         Param::Value
                     });
                 } else {
-                    params.push(Param::Extract(typed.ty.clone()));
+                    params.push(Param::Extract(ty.clone()));
                 }
             }
         }
@@ -200,9 +216,38 @@ fn check_function(function: &ItemFn) -> syn::Result<Vec<Param>> {
             "a kq consumer takes at most two `&str` parameters: the key, then the value",
         )),
     }
-    match attr::combine(errors) {
-        Some(error) => Err(error),
-        None => Ok(params),
+    params
+}
+
+/// The `&mut T` of a parameter type, through parentheses and invisible groups.
+fn mutable_reference(ty: &Type) -> Option<&syn::TypeReference> {
+    match ty {
+        Type::Reference(reference) if reference.mutability.is_some() => Some(reference),
+        Type::Group(group) => mutable_reference(&group.elem),
+        Type::Paren(paren) => mutable_reference(&paren.elem),
+        _ => None,
+    }
+}
+
+/// `String`, `std::string::String` or `alloc::string::String`.
+fn is_owned_string(ty: &Type) -> bool {
+    match ty {
+        Type::Path(p) if p.qself.is_none() => {
+            let segments: Vec<_> = p
+                .path
+                .segments
+                .iter()
+                .map(|s| s.arguments.is_none().then(|| s.ident.to_string()))
+                .collect();
+            let segments: Vec<_> = segments.iter().map(Option::as_deref).collect();
+            matches!(
+                segments[..],
+                [Some("String")] | [Some("std" | "alloc"), Some("string"), Some("String")]
+            )
+        }
+        Type::Group(group) => is_owned_string(&group.elem),
+        Type::Paren(paren) => is_owned_string(&paren.elem),
+        _ => false,
     }
 }
 
@@ -230,22 +275,24 @@ fn generate(function: &ItemFn, args: &Args, params: &[Param]) -> TokenStream {
     let bindings: Vec<_> = (0..params.len())
         .map(|i| format_ident!("__kq_arg{i}"))
         .collect();
+    // `FromMessage<'_>`, not a named lifetime: that is how the trait shows in an error on an
+    // unsupported parameter type, and the three uses of the type report it once.
     let extract = params.iter().zip(&bindings).map(|(param, binding)| match param {
         Param::Key => quote! { let #binding = #private::key_str(__kq_msg)?; },
         Param::Value => quote! { let #binding = #private::value_str(__kq_msg)?; },
         Param::Extract(ty) => quote_spanned! {ty.span()=>
-            let #binding = <#ty as #private::FromMessage<'__kq>>::from_message(__kq_msg, __kq_ctx)?;
+            let #binding = <#ty as #private::FromMessage<'_>>::from_message(__kq_msg, __kq_ctx)?;
         },
     });
     let checks = params.iter().filter_map(|param| match param {
         Param::Extract(ty) => Some(quote_spanned! {ty.span()=>
-            <#ty as #private::FromMessage<'__kq>>::check(__kq_ctx)?;
+            <#ty as #private::FromMessage<'_>>::check(__kq_ctx)?;
         }),
         _ => None,
     });
     let reads_headers = params.iter().filter_map(|param| match param {
         Param::Extract(ty) => Some(quote_spanned! {ty.span()=>
-            || <#ty as #private::FromMessage<'__kq>>::READS_HEADERS
+            || <#ty as #private::FromMessage<'_>>::READS_HEADERS
         }),
         _ => None,
     });
@@ -259,11 +306,11 @@ fn generate(function: &ItemFn, args: &Args, params: &[Param]) -> TokenStream {
     let result = quote_spanned! {output_span=>
         #private::IntoHandlerResult::into_handler_result(__kq_output)
     };
-    // Spanned on the function's name so that a handler whose future is not `Send` gets one
-    // error there, with the compiler's note on the value held across an `.await`.
-    let boxed = respan(quote!(#private::boxed_handler_future), ident.span());
+    // The future is coerced to the handler's `BoxFuture` right here, spanned on the
+    // function's name, so that one whose future is not `Send` gets one error there, with the
+    // compiler's note on the value held across an `.await`, and no bound of a helper.
     let body = quote_spanned! {ident.span()=>
-        #boxed(async move {
+        ::std::boxed::Box::pin(async move {
             #(#extract)*
             let __kq_output = #ident(#(#bindings),*).await;
             #result
@@ -285,28 +332,24 @@ fn generate(function: &ItemFn, args: &Args, params: &[Param]) -> TokenStream {
         #function
 
         const _: () = {
-            fn __kq_handler<'__kq>(
-                __kq_msg: &'__kq #private::Message,
-                __kq_ctx: &'__kq #private::HandlerContext,
+            fn __kq_handler<'a>(
+                __kq_msg: &'a #private::Message,
+                __kq_ctx: &'a #private::HandlerContext,
             ) -> #private::BoxFuture<
-                '__kq,
+                'a,
                 ::core::result::Result<(), #private::HandlerError>,
             > {
                 #body
             }
 
-            // The lifetime matches the handler's so that an unsupported parameter type
-            // reports one error, not one per use.
-            #[allow(clippy::extra_unused_lifetimes)]
-            fn __kq_check<'__kq>(
+            fn __kq_check(
                 __kq_ctx: &#private::HandlerContext,
             ) -> ::core::result::Result<(), ::std::string::String> {
                 #(#checks)*
                 ::core::result::Result::Ok(())
             }
 
-            #[allow(clippy::extra_unused_lifetimes)]
-            fn __kq_reads_headers<'__kq>() -> bool {
+            fn __kq_reads_headers() -> bool {
                 false #(#reads_headers)*
             }
 
@@ -330,22 +373,4 @@ fn generate(function: &ItemFn, args: &Args, params: &[Param]) -> TokenStream {
             }
         };
     }
-}
-
-/// Gives every token the same span, so that a diagnostic on the whole expression lands there.
-fn respan(tokens: TokenStream, span: Span) -> TokenStream {
-    tokens
-        .into_iter()
-        .map(|mut token| {
-            if let proc_macro2::TokenTree::Group(group) = &token {
-                let mut inner =
-                    proc_macro2::Group::new(group.delimiter(), respan(group.stream(), span));
-                inner.set_span(span);
-                token = proc_macro2::TokenTree::Group(inner);
-            } else {
-                token.set_span(span);
-            }
-            token
-        })
-        .collect()
 }

@@ -1,0 +1,4 @@
+#[kq::consumer(conf = "KqConsumerConf")]
+async fn payment_success(_value: impl AsRef<str>) {}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[kq::consumer(conf = "KqConsumerConf")]
+async fn payment_success(_msg: &mut kq::Message) {}
+
+fn main() {}
