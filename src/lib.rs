@@ -42,15 +42,15 @@
 
 #![warn(missing_docs)]
 
-pub use kq_core::{app::registered_queues, create_topic, load_config, sleep, spawn};
 pub use kq_core::{
     conf, dead_letter_headers, observe, telemetry, Acks, Assignor, BoxFuture, Compression,
-    ConfigField, ConsumerRegistration, Delivery, DeliveryFailure, EmbeddedBroker, Error,
-    ErrorHandler, FromMessage, Handler, HandlerContext, HandlerError, HandlerErrorKind, Headers,
-    IntoHandlerResult, Json, KqConf, KqConfig, LoadError, LogConf, Mechanism, Message, Metrics,
-    Offset, Ordering, Outcome, Partitioner, Push, PushError, Pusher, PusherConf, Queue,
-    RegisteredHandler, RetryConf, ServiceGroup, Shutdown, State, TelemetryConf,
+    Delivery, DeliveryFailure, EmbeddedBroker, Error, ErrorHandler, FromMessage, Handler,
+    HandlerContext, HandlerError, HandlerErrorKind, Headers, IntoHandlerResult, Json, KqConf,
+    KqConfig, LoadError, LogConf, Mechanism, Message, Metrics, Offset, Ordering, Outcome,
+    Partitioner, Push, PushError, Pusher, PusherConf, Queue, RetryConf, ServiceGroup, Shutdown,
+    State, TelemetryConf,
 };
+pub use kq_core::{create_topic, load_config, registered_queues, sleep, spawn};
 
 /// Registers an `async fn` as the handler of a consumer queue.
 ///
@@ -205,14 +205,8 @@ macro_rules! main {
     };
 }
 
-/// The paths generated code uses, in one place. Not a public API.
+/// The paths generated code uses: kq-core's, in one place. Not a public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use kq_core::__private::{inventory, DeserializeOwned};
-    pub use kq_core::app::{run_main, state_kind};
-    pub use kq_core::handler::generated::{boxed_handler_future, key_str, value_str};
-    pub use kq_core::{
-        BoxFuture, ConfigField, ConsumerRegistration, FromMessage, HandlerContext, HandlerError,
-        IntoHandlerResult, KqConfig, Message, PolicyOverrides,
-    };
+    pub use kq_core::__private::*;
 }

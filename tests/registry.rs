@@ -86,7 +86,7 @@ fn every_registration_problem_is_reported_with_where_it_is() {
 
 #[test]
 fn registrations_are_listed_by_name() {
-    let names: Vec<_> = kq::ConsumerRegistration::all()
+    let names: Vec<_> = kq::__private::ConsumerRegistration::all()
         .iter()
         .map(|r| r.name)
         .collect();
@@ -94,14 +94,18 @@ fn registrations_are_listed_by_name() {
         names,
         ["orders", "orders_audit", "refunds", "refunds", "shipments"]
     );
-    let refunds = kq::ConsumerRegistration::find("refunds").unwrap();
+    let refunds = kq::__private::ConsumerRegistration::find("refunds").unwrap();
     assert_eq!(refunds.conf, "refunds");
     assert_eq!(refunds.module_path, "registry");
 }
 
 #[test]
 fn a_consumer_reads_headers_only_when_a_parameter_can_see_them() {
-    let reads = |name: &str| (kq::ConsumerRegistration::find(name).unwrap().reads_headers)();
+    let reads = |name: &str| {
+        (kq::__private::ConsumerRegistration::find(name)
+            .unwrap()
+            .reads_headers)()
+    };
     assert!(!reads("orders"), "State, key and value");
     assert!(!reads("shipments"), "key and value");
     assert!(reads("orders_audit"), "&Message");
@@ -110,7 +114,11 @@ fn a_consumer_reads_headers_only_when_a_parameter_can_see_them() {
 
 #[test]
 fn a_consumer_has_its_text_checked_as_it_is_copied_only_when_it_takes_key_or_value_as_str() {
-    let reads = |name: &str| kq::ConsumerRegistration::find(name).unwrap().reads_text;
+    let reads = |name: &str| {
+        kq::__private::ConsumerRegistration::find(name)
+            .unwrap()
+            .reads_text
+    };
     assert!(reads("orders"), "State, key and value");
     assert!(reads("shipments"), "key and value");
     assert!(!reads("orders_audit"), "&Message");

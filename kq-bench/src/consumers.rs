@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use kq::{ConsumerRegistration, HandlerContext, KqConf, PusherConf, Queue, Shutdown};
+use kq::__private::ConsumerRegistration;
+use kq::{HandlerContext, KqConf, PusherConf, Queue, Shutdown};
 use rdkafka::bindings as rdsys;
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::producer::{

@@ -349,9 +349,8 @@ impl<E: fmt::Display> IntoHandlerResult for Result<(), E> {
     }
 }
 
-/// Support for the code `#[kq::consumer]` generates; not a public API.
-#[doc(hidden)]
-pub mod generated {
+/// Support for the code `#[kq::consumer]` generates, re-exported in `__private`.
+pub(crate) mod generated {
     use super::*;
 
     /// go-queue's `key` parameter: the key as text, `""` when there is none.
@@ -364,14 +363,6 @@ pub mod generated {
     pub fn value_str(msg: &Message) -> Result<&str, HandlerError> {
         msg.value_str()
             .map_err(|e| HandlerError::decode(format!("value is not valid UTF-8: {e}")))
-    }
-
-    /// Boxes a handler's future; the `Send` bound is checked here, on the handler's name.
-    pub fn boxed_handler_future<'a, F>(future: F) -> BoxFuture<'a, Result<(), HandlerError>>
-    where
-        F: Future<Output = Result<(), HandlerError>> + Send + 'a,
-    {
-        Box::pin(future)
     }
 }
 

@@ -6,7 +6,7 @@
 
 #![warn(missing_docs)]
 
-pub mod app;
+mod app;
 pub mod broker;
 pub mod conf;
 pub mod error;
@@ -16,13 +16,14 @@ pub mod message;
 pub mod observe;
 pub mod pusher;
 pub mod queue;
-pub mod registry;
+mod registry;
 pub mod service;
 mod shutdown;
 mod sync;
 pub mod telemetry;
 mod trace;
 
+pub use app::registered_queues;
 pub use broker::{create_topic, EmbeddedBroker};
 pub use conf::{
     Acks, Assignor, Batcher, Compression, KqConf, LogConf, LogEncoding, LogLevel, Mechanism,
@@ -37,16 +38,24 @@ pub use load::{load_config, LoadError};
 pub use message::{Headers, Message};
 pub use pusher::{Delivery, DeliveryFailure, Push, PushError, Pusher};
 pub use queue::{dead_letter_headers, ErrorHandler, Metrics, Outcome, Queue};
-pub use registry::{
-    ConfigField, ConsumerRegistration, KqConfig, PolicyOverrides, RegisteredHandler,
-};
+pub use registry::KqConfig;
 pub use service::{ServiceGroup, Shutdown};
 
-/// Crates the `kq` facade's generated code reaches through it. Not a public API.
+/// Everything the code of kq's macros names, in one place, reached through the facade's own
+/// `__private`. Not a public API: it changes with the macros.
 #[doc(hidden)]
 pub mod __private {
     pub use inventory;
     pub use serde::de::DeserializeOwned;
+
+    pub use crate::app::{run_main, state_kind};
+    pub use crate::handler::generated::{key_str, value_str};
+    pub use crate::registry::{
+        ConfigField, ConsumerRegistration, HandlerFn, PolicyOverrides, RegisteredHandler,
+    };
+    pub use crate::{
+        BoxFuture, FromMessage, HandlerContext, HandlerError, IntoHandlerResult, KqConfig, Message,
+    };
 }
 
 /// Spawns a task on the service's Tokio runtime (`tokio::spawn`), for work a service state

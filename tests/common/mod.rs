@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kq::{ConsumerRegistration, HandlerContext, KqConf, PusherConf, Queue, Shutdown};
+use kq::__private::ConsumerRegistration;
+use kq::{HandlerContext, KqConf, PusherConf, Queue, Shutdown};
 use tokio::task::JoinHandle;
 
 /// The broker list for tests: `KQ_TEST_BROKERS` (comma-separated), or `[embedded]`.

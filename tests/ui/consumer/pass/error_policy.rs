@@ -14,13 +14,13 @@ async fn payments(_key: &str, _value: &str) -> anyhow::Result<()> {
 async fn orders(_key: &str, _value: &str) {}
 
 fn main() {
-    let payments = kq::ConsumerRegistration::find("payments").unwrap();
+    let payments = kq::__private::ConsumerRegistration::find("payments").unwrap();
     let conf = payments.conf(&kq::KqConf::new(["b:1"], "g", "t"));
     assert_eq!(conf.retry.attempts, 5);
     assert_eq!(conf.dead_letter_topic, "payments-dlq");
     assert!(!conf.force_commit);
 
-    let orders = kq::ConsumerRegistration::find("orders").unwrap();
+    let orders = kq::__private::ConsumerRegistration::find("orders").unwrap();
     let conf = orders.conf(&kq::KqConf::new(["b:1"], "g", "t"));
     assert_eq!(conf.retry.attempts, 3, "the conf's own value stays");
     assert!(conf.force_commit);

@@ -42,6 +42,6 @@ async fn io_error(_msg: &kq::Message) -> std::io::Result<()> {
 async fn r#async(_key: &str, _value: &str) {}
 
 fn main() {
-    let names: Vec<_> = kq::ConsumerRegistration::all().iter().map(|r| r.name).collect();
+    let names: Vec<_> = kq::__private::ConsumerRegistration::all().iter().map(|r| r.name).collect();
     assert_eq!(names, ["async", "io_error", "owned_state", "payments", "returns_unit"]);
 }

@@ -9,6 +9,6 @@ async fn payment_success(key: &str, val: &str) -> anyhow::Result<()> {
 fn main() {
     // The function stays an ordinary function.
     let _future = payment_success("k", "v");
-    let registered = kq::ConsumerRegistration::find("payment_success").expect("registered");
+    let registered = kq::__private::ConsumerRegistration::find("payment_success").expect("registered");
     assert_eq!(registered.conf, "KqConsumerConf");
 }
