@@ -348,7 +348,7 @@ async fn run_kq(
         .bind(HandlerContext::new(counter.clone()))
         .map_err(anyhow::Error::msg)?;
     let shutdown = Shutdown::new();
-    let task = tokio::spawn(Queue::new(consumer, conf, handler).run(shutdown.clone()));
+    let task = tokio::spawn(Queue::registered(consumer, conf, handler).run(shutdown.clone()));
     let done = counter.watch(limit).await;
     shutdown.trigger();
     task.await??;

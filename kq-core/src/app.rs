@@ -290,7 +290,7 @@ pub fn registered_queues<C: KqConfig>(
     let queues: Vec<_> = bound
         .started
         .into_iter()
-        .map(|(registration, conf, handler)| Queue::new(registration.name, conf, handler))
+        .map(|(registration, conf, handler)| Queue::registered(registration.name, conf, handler))
         .collect();
     if queues.is_empty() {
         tracing::warn!("no consumer to start: none is registered with #[kq::consumer], or every one's block is absent");
@@ -576,7 +576,7 @@ mod tests {
     use super::*;
     use crate::handler::{BoxFuture, FromMessage, HandlerError, State};
     use crate::message::Message;
-    use crate::registry::{ConfigField, PolicyOverrides};
+    use crate::registry::{ConfigField, Entry, PolicyOverrides};
 
     #[test]
     fn edit_distance_counts_insertions_deletions_and_replacements() {
@@ -674,7 +674,7 @@ mod tests {
                     module_path: module_path!(),
                     file: file!(),
                     line: line!(),
-                    handler,
+                    handler: Entry::Message(handler),
                     check: $check,
                     reads_headers: no_headers,
                     reads_text: false,
@@ -682,6 +682,8 @@ mod tests {
                         retry_attempts: None,
                         dead_letter_topic: None,
                         force_commit: None,
+                        batch_size: None,
+                        batch_wait: None,
                     },
                 }
             }

@@ -170,7 +170,7 @@ impl HandlerContext {
         self.state_type
     }
 
-    fn state<S: Send + Sync + 'static>(&self) -> Option<&State<S>> {
+    pub(crate) fn state<S: Send + Sync + 'static>(&self) -> Option<&State<S>> {
         let state = self.state.as_ref()?;
         if !self.holds::<S>() {
             return None;
@@ -183,6 +183,15 @@ impl HandlerContext {
 
     fn holds<S: 'static>(&self) -> bool {
         self.state_type_id == TypeId::of::<S>()
+    }
+
+    /// Whether the state is an `S`, for a `State<S>` parameter; the mismatch said otherwise.
+    pub(crate) fn check_state<S: Send + Sync + 'static>(&self) -> Result<(), String> {
+        if self.holds::<S>() {
+            Ok(())
+        } else {
+            Err(state_mismatch::<S>(self))
+        }
     }
 }
 
@@ -285,15 +294,11 @@ impl<'a, S: Send + Sync + 'static> FromMessage<'a> for State<S> {
     }
 
     fn check(ctx: &HandlerContext) -> Result<(), String> {
-        if ctx.holds::<S>() {
-            Ok(())
-        } else {
-            Err(state_mismatch::<S>(ctx))
-        }
+        ctx.check_state::<S>()
     }
 }
 
-fn state_mismatch<S>(ctx: &HandlerContext) -> String {
+pub(crate) fn state_mismatch<S>(ctx: &HandlerContext) -> String {
     format!(
         "the handler takes `State<{}>` but the service state is `{}`",
         std::any::type_name::<S>(),

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 mod app;
+pub mod batch;
 pub mod broker;
 pub mod conf;
 pub mod error;
@@ -24,10 +25,11 @@ pub mod telemetry;
 mod trace;
 
 pub use app::registered_queues;
+pub use batch::{BatchError, BatchHandler, FromBatch, FromContext, Rejected};
 pub use broker::{create_topic, EmbeddedBroker};
 pub use conf::{
-    Acks, Assignor, Batcher, Compression, KqConf, LogConf, LogEncoding, LogLevel, Mechanism,
-    Offset, Ordering, Partitioner, PusherConf, RetryConf, TelemetryConf,
+    Acks, Assignor, BatchConf, Batcher, Compression, KqConf, LogConf, LogEncoding, LogLevel,
+    Mechanism, Offset, Ordering, Partitioner, PusherConf, RetryConf, TelemetryConf,
 };
 pub use error::Error;
 pub use handler::{
@@ -49,10 +51,13 @@ pub mod __private {
     pub use serde::de::DeserializeOwned;
 
     pub use crate::app::{run_main, state_kind};
+    pub use crate::batch::generated::{batch_kind, batch_result};
     pub use crate::handler::generated::{key_str, value_str};
     pub use crate::registry::{
-        ConfigField, ConsumerRegistration, HandlerFn, PolicyOverrides, RegisteredHandler,
+        BatchHandlerFn, ConfigField, ConsumerRegistration, Entry, HandlerFn, PolicyOverrides,
+        RegisteredHandler,
     };
+    pub use crate::{BatchError, FromBatch, FromContext, Rejected};
     pub use crate::{
         BoxFuture, FromMessage, HandlerContext, HandlerError, IntoHandlerResult, KqConfig, Message,
     };

@@ -2,14 +2,32 @@
 
 use std::any::Any;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
+use crate::batch::{BatchError, BatchHandler, Rejected};
 use crate::conf::{KqConf, PusherConf};
 use crate::handler::{BoxFuture, Handler, HandlerContext, HandlerError};
 use crate::message::Message;
 
-/// The generated entry point of a registered consumer.
+/// The generated entry point of a registered consumer of single messages.
 pub type HandlerFn =
     for<'a> fn(&'a Message, &'a HandlerContext) -> BoxFuture<'a, Result<(), HandlerError>>;
+
+/// The generated entry point of a registered batch consumer (see [`BatchHandler`]).
+pub type BatchHandlerFn = for<'a> fn(
+    &'a [Message],
+    &'a HandlerContext,
+    &mut Vec<Rejected>,
+) -> BoxFuture<'a, Result<(), BatchError>>;
+
+/// How a registered consumer takes its messages.
+#[derive(Debug, Clone, Copy)]
+pub enum Entry {
+    /// One message per call.
+    Message(HandlerFn),
+    /// A batch of messages per call.
+    Batch(BatchHandlerFn),
+}
 
 /// One `#[kq::consumer]` function, as submitted to the registry at compile time.
 #[derive(Debug)]
@@ -24,8 +42,8 @@ pub struct ConsumerRegistration {
     pub file: &'static str,
     /// Source line of the function.
     pub line: u32,
-    /// Runs the function for one message.
-    pub handler: HandlerFn,
+    /// Runs the function for one message, or for a batch.
+    pub handler: Entry,
     /// Checks the parameters against the service state once, at startup.
     pub check: fn(&HandlerContext) -> Result<(), String>,
     /// Whether a parameter reads the message's headers (`FromMessage::READS_HEADERS`).
@@ -46,6 +64,10 @@ pub struct PolicyOverrides {
     pub dead_letter_topic: Option<&'static str>,
     /// `force_commit = bool`: `ForceCommit`.
     pub force_commit: Option<bool>,
+    /// `batch_size = N`: `Batch.Size`.
+    pub batch_size: Option<usize>,
+    /// `batch_wait = "10ms"`: `Batch.Wait`.
+    pub batch_wait: Option<Duration>,
 }
 
 impl PolicyOverrides {
@@ -59,6 +81,12 @@ impl PolicyOverrides {
         }
         if let Some(force_commit) = self.force_commit {
             conf.force_commit = force_commit;
+        }
+        if let Some(size) = self.batch_size {
+            conf.batch.size = size;
+        }
+        if let Some(wait) = self.batch_wait {
+            conf.batch.wait = wait;
         }
         conf
     }
@@ -85,7 +113,12 @@ impl ConsumerRegistration {
         self.policy.apply(conf.clone())
     }
 
-    /// Binds the function to the service state, as a [`Handler`].
+    /// Whether the consumer takes a batch of messages per call.
+    pub fn takes_batches(&self) -> bool {
+        matches!(self.handler, Entry::Batch(_))
+    }
+
+    /// Binds the function to the service state, as a [`Handler`] or a [`BatchHandler`].
     pub fn bind(&'static self, ctx: HandlerContext) -> Result<RegisteredHandler, String> {
         (self.check)(&ctx).map_err(|e| format!("{}: {e}", self.located()))?;
         Ok(RegisteredHandler {
@@ -116,7 +149,20 @@ impl RegisteredHandler {
 
 impl Handler for RegisteredHandler {
     fn handle<'a>(&'a self, msg: &'a Message) -> BoxFuture<'a, Result<(), HandlerError>> {
-        (self.registration.handler)(msg, &self.ctx)
+        match self.registration.handler {
+            Entry::Message(handler) => handler(msg, &self.ctx),
+            // `Queue::registered` runs a batch consumer with `handle_batch`.
+            Entry::Batch(handler) => {
+                let mut rejected = Vec::new();
+                let batch = handler(std::slice::from_ref(msg), &self.ctx, &mut rejected);
+                Box::pin(async move {
+                    if let Some(rejected) = rejected.pop() {
+                        return Err(rejected.error);
+                    }
+                    batch.await.map_err(|e| e.into_parts().1)
+                })
+            }
+        }
     }
 
     fn reads_headers(&self) -> bool {
@@ -125,6 +171,32 @@ impl Handler for RegisteredHandler {
 
     fn reads_text(&self) -> bool {
         self.registration.reads_text
+    }
+}
+
+impl BatchHandler for RegisteredHandler {
+    fn handle_batch<'a>(
+        &'a self,
+        msgs: &'a [Message],
+        rejected: &mut Vec<Rejected>,
+    ) -> BoxFuture<'a, Result<(), BatchError>> {
+        match self.registration.handler {
+            Entry::Batch(handler) => handler(msgs, &self.ctx, rejected),
+            // `Queue::registered` runs a consumer of single messages with `handle`: here
+            // each message runs on its own, in order, until one fails.
+            Entry::Message(handler) => Box::pin(async move {
+                for (index, msg) in msgs.iter().enumerate() {
+                    handler(msg, &self.ctx)
+                        .await
+                        .map_err(|e| BatchError::with_error(index, e))?;
+                }
+                Ok(())
+            }),
+        }
+    }
+
+    fn reads_headers(&self) -> bool {
+        (self.registration.reads_headers)()
     }
 }
 

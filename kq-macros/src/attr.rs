@@ -199,3 +199,40 @@ pub fn unknown(meta: &ParseNestedMeta<'_>, allowed: &[&str]) -> syn::Error {
         allowed.join(", ")
     ))
 }
+
+/// A Go duration (`50ms`, `1s`, `1m30s`), as config files write them, in nanoseconds.
+pub fn go_duration(text: &str) -> Result<u64, String> {
+    let invalid = || format!("`{text}` is not a duration: write it as in `\"50ms\"` or `\"1s\"`");
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(invalid());
+    }
+    let mut nanos = 0f64;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(invalid)?;
+        let number: f64 = rest[..number_len].parse().map_err(|_| invalid())?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return Err(invalid()),
+        };
+        nanos += number * unit;
+        rest = &rest[unit_len..];
+    }
+    if nanos > 60e9 {
+        return Err(format!(
+            "`{text}` is longer than `batch_wait` takes: at most 1m"
+        ));
+    }
+    Ok(nanos.round() as u64)
+}

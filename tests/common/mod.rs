@@ -98,7 +98,7 @@ impl Running {
             .bind(HandlerContext::new(state.clone()))
             .expect("state matches");
         let shutdown = Shutdown::new();
-        let queue = configure(Queue::new(consumer, conf, handler));
+        let queue = configure(Queue::registered(consumer, conf, handler));
         let task = tokio::spawn(queue.run(shutdown.clone()));
         Running { shutdown, task }
     }

@@ -40,6 +40,43 @@ impl RetryConf {
     }
 }
 
+/// A batch consumer's batches: the `Batch` block. A consumer of single messages ignores it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct BatchConf {
+    /// The most messages per call.
+    pub size: usize,
+    /// The longest a batch that is not full waits for more messages before it is handed
+    /// over, from when the processor took its first ones.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub wait: Duration,
+}
+
+impl BatchConf {
+    /// The largest `Size` kq takes: a member keeps two batches per processor in flight.
+    const LARGEST_SIZE: usize = 10_000;
+    /// The longest `Wait` kq takes.
+    const LONGEST_WAIT: Duration = Duration::from_secs(60);
+
+    fn validate(&self) -> Result<(), InvalidConf> {
+        at_least("Batch.Size", self.size, 1)?;
+        count_at_most("Batch.Size", self.size, Self::LARGEST_SIZE)?;
+        at_most("Batch.Wait", self.wait, Self::LONGEST_WAIT)
+    }
+}
+
+impl Default for BatchConf {
+    fn default() -> Self {
+        BatchConf {
+            size: 100,
+            // Long enough for a backlog's next messages to arrive (the fetch loop hands over a
+            // burst every fraction of a millisecond), short enough to add little to a
+            // trickle's latency.
+            wait: Duration::from_millis(10),
+        }
+    }
+}
+
 impl Default for RetryConf {
     fn default() -> Self {
         RetryConf {
@@ -118,6 +155,9 @@ with_connection_keys! {
         /// Retries of a failing message.
         #[serde(default)]
         pub retry: RetryConf,
+        /// A batch consumer's batches: `Batch.Size` and `Batch.Wait`.
+        #[serde(default)]
+        pub batch: BatchConf,
         /// Where a message goes once its retries are exhausted, if anywhere. It is committed past
         /// only once it is written there; a failed write is tried again every `Retry.MaxBackoff`.
         #[serde(default)]
@@ -173,6 +213,7 @@ impl KqConf {
             max_wait: defaults::max_wait(),
             ordering: Ordering::default(),
             retry: RetryConf::default(),
+            batch: BatchConf::default(),
             dead_letter_topic: String::new(),
             shutdown_timeout: defaults::shutdown_timeout(),
             assignor: Assignor::default(),
@@ -210,6 +251,7 @@ impl KqConf {
         count_at_most("MaxBytes", self.max_bytes, 2_147_483_135)?;
         at_least("Retry.Attempts", self.retry.attempts as usize, 1)?;
         self.retry.validate()?;
+        self.batch.validate()?;
         // librdkafka's ranges for `fetch.wait.max.ms`, `auto.commit.interval.ms` and
         // `session.timeout.ms`.
         at_most("MaxWait", self.max_wait, Duration::from_secs(300))?;
@@ -268,6 +310,7 @@ impl fmt::Debug for KqConf {
             .field("max_wait", &self.max_wait)
             .field("ordering", &self.ordering)
             .field("retry", &self.retry)
+            .field("batch", &self.batch)
             .field("dead_letter_topic", &self.dead_letter_topic)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("assignor", &self.assignor)

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 
 use super::health::{MemberHealth, RUNNING};
 use super::outcome::OUTCOME_LABELS;
@@ -23,6 +24,8 @@ pub(crate) struct ConsumerMetrics {
     /// `kq_messages_total` by outcome, by `outcome_index`.
     outcomes: [Counter; OUTCOME_LABELS.len()],
     handler_seconds: HandlerTimes,
+    batch_size: Histogram,
+    batch_seconds: Histogram,
     in_flight: Gauge,
     commits: Counter,
     stats: Mutex<StatWindow>,
@@ -52,6 +55,8 @@ impl ConsumerMetrics {
             topic: topic.into(),
             outcomes: OUTCOME_LABELS.map(outcome),
             handler_seconds: o.handler_seconds.get_or_create(&consumer).clone(),
+            batch_size: o.batch_size.get_or_create(&consumer).clone(),
+            batch_seconds: o.batch_seconds.get_or_create(&consumer).clone(),
             in_flight: o.in_flight.get_or_create(&consumer).clone(),
             commits: o
                 .commits
@@ -92,6 +97,12 @@ impl ConsumerMetrics {
         self.handler_seconds.add(tally);
         lock(&self.stats).add(tally);
         tally.clear();
+    }
+
+    /// Records a batch consumer's call: its messages and its time.
+    pub fn record_batch(&self, messages: usize, elapsed: Duration) {
+        self.batch_size.observe(messages as f64);
+        self.batch_seconds.observe(elapsed.as_secs_f64());
     }
 
     pub fn set_in_flight(&self, messages: usize) {

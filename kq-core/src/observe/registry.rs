@@ -8,6 +8,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use super::health::MemberHealth;
@@ -54,6 +55,8 @@ pub(super) struct Observer {
     pub(super) registry: Registry,
     pub(super) messages: Family<MessageLabels, Counter>,
     pub(super) handler_seconds: Family<ConsumerLabels, HandlerTimes>,
+    pub(super) batch_size: Family<ConsumerLabels, Histogram, fn() -> Histogram>,
+    pub(super) batch_seconds: Family<ConsumerLabels, Histogram, fn() -> Histogram>,
     pub(super) in_flight: Family<ConsumerLabels, Gauge>,
     pub(super) lag: Family<PartitionLabels, Gauge>,
     pub(super) commits: Family<TopicLabels, Counter>,
@@ -82,6 +85,20 @@ pub(super) fn observer() -> &'static Observer {
             "handler_duration_seconds",
             "Time of one handler run",
             handler_seconds.clone(),
+        );
+        let batch_size: Family<ConsumerLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(1.0, 2.0, 15)));
+        registry.register(
+            "batch_size",
+            "Messages per call of a batch consumer",
+            batch_size.clone(),
+        );
+        let batch_seconds: Family<ConsumerLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 4.0, 11)));
+        registry.register(
+            "batch_duration_seconds",
+            "Time of one call of a batch consumer",
+            batch_seconds.clone(),
         );
         let in_flight = Family::<ConsumerLabels, Gauge>::default();
         registry.register(
@@ -123,6 +140,8 @@ pub(super) fn observer() -> &'static Observer {
             registry,
             messages,
             handler_seconds,
+            batch_size,
+            batch_seconds,
             in_flight,
             lag,
             commits,

@@ -44,8 +44,12 @@ pub(crate) struct Run {
     pub msgs: Vec<Message>,
 }
 
-/// Lanes per processor under key or partition order.
+/// Lanes per processor under key or partition order. A batch consumer has one per processor,
+/// so that a lane fills a batch rather than a few lanes a part of one each.
 const LANES_PER_PROCESSOR: usize = 4;
+
+/// How often a processor holding a batch that is not full looks for more messages.
+const BATCH_POLL: Duration = Duration::from_millis(1);
 
 /// Emptied message vectors kept for reuse at most, per member.
 const MAX_SPARE_RUNS: usize = 256;
@@ -139,6 +143,12 @@ impl Intake {
     /// next ones. The runs handed out before must be done with. `false` once the dispatcher
     /// is gone and no lane has work.
     pub async fn next(&mut self, runs: &mut Vec<Run>) -> bool {
+        self.next_up_to(runs, 1).await
+    }
+
+    /// `next`, where with no ordering the runs taken from the shared lane hold up to `limit`
+    /// messages (at least one run).
+    async fn next_up_to(&mut self, runs: &mut Vec<Run>, limit: usize) -> bool {
         let lanes = &*self.lanes;
         // A lane left with runs goes to the back of the ready queue, behind those waiting.
         let mut put_back = self.held.take().filter(|&held| {
@@ -156,7 +166,14 @@ impl Intake {
             if lanes.shared {
                 let more = {
                     let mut lane = lock(&lanes.lanes[0]);
-                    runs.extend(lane.runs.pop_front());
+                    let mut taken = 0;
+                    while taken < limit {
+                        let Some(run) = lane.runs.pop_front() else {
+                            break;
+                        };
+                        taken += run.msgs.len();
+                        runs.push(run);
+                    }
                     !lane.runs.is_empty()
                 };
                 if more {
@@ -187,6 +204,48 @@ impl Intake {
             }
             woken.await;
         }
+    }
+
+    /// Moves the next batch's runs into `runs`, as `next` does, and while they hold fewer than
+    /// `size` messages takes more as they arrive, for up to `wait`: from the lane it holds,
+    /// or, with no ordering, from the shared lane. `false` once the dispatcher is gone and no
+    /// lane has work.
+    pub async fn next_batch(&mut self, runs: &mut Vec<Run>, size: usize, wait: Duration) -> bool {
+        if !self.next_up_to(runs, size).await {
+            return false;
+        }
+        let mut count: usize = runs.iter().map(|run| run.msgs.len()).sum();
+        let deadline = tokio::time::Instant::now() + wait;
+        while count < size && !self.lanes.closed.load(AtomicOrdering::Acquire) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            tokio::time::sleep(left.min(BATCH_POLL)).await;
+            count += self.take_more(runs, size - count);
+        }
+        true
+    }
+
+    /// Takes runs of the lane held, or up to `wanted` messages' of the shared lane; returns
+    /// how many messages.
+    fn take_more(&mut self, runs: &mut Vec<Run>, wanted: usize) -> usize {
+        let lanes = &*self.lanes;
+        let before = runs.len();
+        if lanes.shared {
+            let mut lane = lock(&lanes.lanes[0]);
+            let mut taken = 0;
+            while taken < wanted {
+                let Some(run) = lane.runs.pop_front() else {
+                    break;
+                };
+                taken += run.msgs.len();
+                runs.push(run);
+            }
+        } else if let Some(held) = self.held {
+            runs.extend(lock(&lanes.lanes[held]).runs.drain(..));
+        }
+        runs[before..].iter().map(|run| run.msgs.len()).sum()
     }
 
     /// Releases the places in the queue of messages done with, whatever became of them, and
@@ -239,20 +298,22 @@ pub(crate) struct Dispatcher {
 
 impl Dispatcher {
     /// Creates the lanes for `processors` processors under this ordering, for a queue of
-    /// `capacity` messages, and an intake for each processor.
+    /// `capacity` messages, and an intake for each processor; `batching` for a batch
+    /// consumer's.
     pub fn new(
         processors: usize,
         ordering: Ordering,
         capacity: usize,
+        batching: bool,
         in_flight: Arc<AtomicUsize>,
         buffers: Arc<BufferPool>,
     ) -> (Self, Vec<Intake>) {
         let processors_alive = Arc::new(AtomicUsize::new(processors));
         let shared = ordering == Ordering::None;
-        let count = if shared {
-            1
-        } else {
-            processors * LANES_PER_PROCESSOR
+        let count = match (shared, batching) {
+            (true, _) => 1,
+            (false, true) => processors,
+            (false, false) => processors * LANES_PER_PROCESSOR,
         };
         let lanes = Arc::new(Lanes {
             lanes: (0..count).map(|_| Mutex::default()).collect(),
@@ -458,7 +519,7 @@ mod tests {
 
     fn route(ordering: Ordering, msgs: &[Message]) -> Vec<usize> {
         let (dispatcher, _intakes) =
-            Dispatcher::new(8, ordering, 1000, Arc::default(), Arc::default());
+            Dispatcher::new(8, ordering, 1000, false, Arc::default(), Arc::default());
         msgs.iter().map(|m| dispatcher.lane_of(m)).collect()
     }
 
@@ -466,7 +527,7 @@ mod tests {
     fn a_lost_processor_is_seen_whatever_the_ordering() {
         for ordering in [Ordering::Key, Ordering::Partition, Ordering::None] {
             let (dispatcher, mut intakes) =
-                Dispatcher::new(4, ordering, 1000, Arc::default(), Arc::default());
+                Dispatcher::new(4, ordering, 1000, false, Arc::default(), Arc::default());
             assert!(!dispatcher.processor_lost(), "{ordering:?}");
             drop(intakes.remove(2));
             assert!(dispatcher.processor_lost(), "{ordering:?}");
@@ -554,8 +615,14 @@ mod tests {
         ordering: Ordering,
         stuck_at: Option<i64>,
     ) -> (Dispatcher, Arc<Taken>, Vec<tokio::task::JoinHandle<usize>>) {
-        let (dispatcher, intakes) =
-            Dispatcher::new(processors, ordering, 1000, Arc::default(), Arc::default());
+        let (dispatcher, intakes) = Dispatcher::new(
+            processors,
+            ordering,
+            1000,
+            false,
+            Arc::default(),
+            Arc::default(),
+        );
         tokio::spawn(announcer(&dispatcher));
         let taken = Arc::new(Taken::default());
         let tasks = intakes
@@ -721,6 +788,7 @@ mod tests {
                 processors,
                 Ordering::Key,
                 1000,
+                false,
                 Arc::default(),
                 Arc::default(),
             );

@@ -159,7 +159,8 @@ pub(crate) fn spawn_member(
     let (dispatcher, intakes) = Dispatcher::new(
         conf.processors,
         conf.effective_ordering(),
-        conf.queue_capacity,
+        queue.capacity(),
+        queue.batching(),
         member.in_flight.clone(),
         member.buffers.clone(),
     );
@@ -487,7 +488,7 @@ impl FetchLoop {
             if let Some(observed) = &queue.observed {
                 observed.set_in_flight(self.dispatcher.in_flight());
             }
-            self.room = Room::new(queue.conf.queue_capacity, self.dispatcher.in_flight());
+            self.room = Room::new(queue.capacity(), self.dispatcher.in_flight());
             let full = self.room.member == 0;
             // Rebalances run here, on this thread, between batches.
             self.serve_events();

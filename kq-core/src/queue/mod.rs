@@ -15,6 +15,7 @@
 //! with `rebalance` draining revoked partitions before they are released, and `buffers`
 //! handing message buffers back from the processors to the fetch thread.
 
+mod batch;
 mod buffers;
 mod commit;
 mod dispatch;
@@ -34,6 +35,7 @@ use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
 
+use crate::batch::BatchHandler;
 use crate::conf::KqConf;
 use crate::error::Error;
 use crate::handler::{Handler, HandlerError};
@@ -41,6 +43,7 @@ use crate::message::Message;
 use crate::observe::ConsumerMetrics;
 pub use crate::observe::{Metrics, Outcome};
 use crate::pusher::Pusher;
+use crate::registry::RegisteredHandler;
 use crate::shutdown::Shutdown;
 
 /// Called with every message that failed for good (go-queue's `WithErrorHandler`).
@@ -74,7 +77,7 @@ pub type ErrorHandler = Arc<dyn Fn(&Message, &HandlerError) + Send + Sync>;
 pub struct Queue {
     name: String,
     conf: KqConf,
-    handler: Arc<dyn Handler>,
+    consume: Consume,
     error_handler: Option<ErrorHandler>,
     metrics: Option<Arc<dyn Metrics>>,
 }
@@ -91,10 +94,30 @@ impl fmt::Debug for Queue {
 impl Queue {
     /// A queue named `name` (for logs and metrics) that runs `handler` for every message.
     pub fn new(name: impl Into<String>, conf: KqConf, handler: impl Handler) -> Self {
+        Queue::with(name, conf, Consume::Each(Arc::new(handler)))
+    }
+
+    /// A queue that runs `handler` for batches of up to `Batch.Size` messages (see
+    /// [`BatchHandler`]).
+    pub fn batch(name: impl Into<String>, conf: KqConf, handler: impl BatchHandler) -> Self {
+        Queue::with(name, conf, Consume::Batch(Arc::new(handler)))
+    }
+
+    /// A queue for a `#[kq::consumer]` function: of single messages or of batches, as the
+    /// function takes them.
+    pub fn registered(name: impl Into<String>, conf: KqConf, handler: RegisteredHandler) -> Self {
+        if handler.registration().takes_batches() {
+            Queue::batch(name, conf, handler)
+        } else {
+            Queue::new(name, conf, handler)
+        }
+    }
+
+    fn with(name: impl Into<String>, conf: KqConf, consume: Consume) -> Self {
         Queue {
             name: name.into(),
             conf,
-            handler: Arc::new(handler),
+            consume,
             error_handler: None,
             metrics: None,
         }
@@ -161,7 +184,7 @@ impl Queue {
             observed,
             name: self.name,
             conf: self.conf,
-            handler: self.handler,
+            consume: self.consume,
             metrics: self.metrics,
             dead_letter,
         });
@@ -194,11 +217,26 @@ impl Queue {
     }
 }
 
+/// How a queue's messages reach the application: one per handler call, or a batch per call.
+pub(crate) enum Consume {
+    Each(Arc<dyn Handler>),
+    Batch(Arc<dyn BatchHandler>),
+}
+
+impl Consume {
+    fn reads_headers(&self) -> bool {
+        match self {
+            Consume::Each(handler) => handler.reads_headers(),
+            Consume::Batch(handler) => handler.reads_headers(),
+        }
+    }
+}
+
 /// What every member and processor of a queue shares.
 pub(crate) struct QueueShared {
     pub name: String,
     pub conf: KqConf,
-    pub handler: Arc<dyn Handler>,
+    pub consume: Consume,
     pub error_handler: ErrorHandler,
     /// Whether `error_handler` is the application's rather than the default log line.
     pub custom_error_handler: bool,
@@ -214,7 +252,7 @@ impl QueueShared {
     /// librdkafka allocates and frees a buffer to parse a record's headers, even when there
     /// are none, which costs more than the rest of taking a message from it.
     pub fn reads_headers(&self) -> bool {
-        self.handler.reads_headers()
+        self.consume.reads_headers()
             || self.custom_error_handler
             || self.dead_letter.is_some()
             || cfg!(feature = "opentelemetry")
@@ -223,7 +261,26 @@ impl QueueShared {
     /// Whether messages are checked as UTF-8 text as they are copied (see
     /// [`Handler::reads_text`](crate::Handler::reads_text)).
     pub fn reads_text(&self) -> bool {
-        self.handler.reads_text()
+        match &self.consume {
+            Consume::Each(handler) => handler.reads_text(),
+            Consume::Batch(_) => false,
+        }
+    }
+
+    /// Whether the queue's consumer takes batches.
+    pub fn batching(&self) -> bool {
+        matches!(self.consume, Consume::Batch(_))
+    }
+
+    /// Messages in flight at most per member: `QueueCapacity`, or for a batch consumer
+    /// enough for every processor's lane to fill a batch while the one before runs.
+    pub fn capacity(&self) -> usize {
+        if self.batching() {
+            let batches = self.conf.batch.size.saturating_mul(self.conf.processors);
+            self.conf.queue_capacity.max(batches.saturating_mul(2))
+        } else {
+            self.conf.queue_capacity
+        }
     }
 
     /// Runs an application callback (the error handler, the metrics) with its panic caught and

@@ -17,7 +17,8 @@ use tracing::Instrument as _;
 use super::dispatch::Intake;
 use super::offsets::PartitionState;
 use super::timing::{self, Recorder};
-use super::{Outcome, QueueShared};
+use super::{Consume, Outcome, QueueShared};
+use crate::handler::Handler;
 use crate::handler::{HandlerError, HandlerErrorKind};
 use crate::message::Message;
 use crate::shutdown::Shutdown;
@@ -38,7 +39,7 @@ pub mod dead_letter_headers {
 }
 
 /// How a job ended.
-enum Settled {
+pub(super) enum Settled {
     /// Finished for good, with the outcome of its last handler run and when that run started
     /// (when timed): its offset may be committed.
     Done(Outcome, Option<Instant>),
@@ -47,17 +48,25 @@ enum Settled {
     Abandoned,
 }
 
-/// Runs the messages of the lanes it takes, one at a time, until the lanes close.
+/// Runs the messages of the lanes it takes until the lanes close: one at a time, or in
+/// batches for a batch consumer (see `batch`).
 ///
 /// Application code runs under guards of its own, so a panic that reaches this far is kq's, or
 /// comes from what kq calls on the way (a `tracing` subscriber). It is logged here; the intake
 /// drops with the processor, and its member stops when it sees that.
 pub(crate) async fn run(queue: Arc<QueueShared>, intake: Intake, shutdown: Shutdown) {
     let name = queue.name.clone();
-    if let Err(panic) = AssertUnwindSafe(run_lanes(queue, intake, shutdown))
-        .catch_unwind()
-        .await
-    {
+    let work = match &queue.consume {
+        Consume::Each(handler) => {
+            let handler = handler.clone();
+            run_lanes(queue, handler, intake, shutdown).boxed()
+        }
+        Consume::Batch(handler) => {
+            let handler = handler.clone();
+            super::batch::run(queue, handler, intake, shutdown).boxed()
+        }
+    };
+    if let Err(panic) = AssertUnwindSafe(work).catch_unwind().await {
         tracing::error!(
             consumer = %name,
             panic = crate::handler::panic_detail(&*panic),
@@ -66,7 +75,12 @@ pub(crate) async fn run(queue: Arc<QueueShared>, intake: Intake, shutdown: Shutd
     }
 }
 
-async fn run_lanes(queue: Arc<QueueShared>, mut intake: Intake, shutdown: Shutdown) {
+async fn run_lanes(
+    queue: Arc<QueueShared>,
+    handler: Arc<dyn Handler>,
+    mut intake: Intake,
+    shutdown: Shutdown,
+) {
     // Offsets done and not yet reported to their partition: reported once per run of
     // messages, or before waiting on a handler, rather than one lock per message.
     let mut finished = Vec::new();
@@ -94,7 +108,7 @@ async fn run_lanes(queue: Arc<QueueShared>, mut intake: Intake, shutdown: Shutdo
                 recorder.begin();
                 let first = {
                     let span = trace::message_span(&queue.name, &queue.conf.group, &msg);
-                    let mut running = pin!(run_handler(&queue, &msg).instrument(span));
+                    let mut running = pin!(run_handler(&*handler, &msg).instrument(span));
                     match poll_fn(|cx| Poll::Ready(running.as_mut().poll(cx))).await {
                         Poll::Ready(Ok(())) => FirstRun::AtOnce,
                         Poll::Ready(Err(error)) => FirstRun::Failed {
@@ -135,9 +149,11 @@ async fn run_lanes(queue: Arc<QueueShared>, mut intake: Intake, shutdown: Shutdo
                         // The error policy may wait: what is done must not wait behind it.
                         report(partition, &mut finished, &intake, &mut released);
                         recorder.report();
-                        let settled = recover(&queue, partition, &msg, &shutdown, started, error)
-                            .instrument(span)
-                            .await;
+                        let settled = recover(
+                            &queue, &*handler, partition, &msg, &shutdown, started, error,
+                        )
+                        .instrument(span)
+                        .await;
                         match settled {
                             Settled::Done(outcome, started) => {
                                 recorder.record(outcome, started);
@@ -198,6 +214,7 @@ fn report(
 /// The outcomes of runs before the last are recorded here, the last one's by the caller.
 async fn recover(
     queue: &QueueShared,
+    handler: &dyn Handler,
     partition: &PartitionState,
     msg: &Message,
     shutdown: &Shutdown,
@@ -233,7 +250,7 @@ async fn recover(
             }
         }
         started = started.map(|_| Instant::now());
-        match run_handler(queue, msg).await {
+        match run_handler(handler, msg).await {
             Ok(()) => return Settled::Done(Outcome::Ok, started),
             Err(next) => error = next,
         }
@@ -241,7 +258,7 @@ async fn recover(
 }
 
 /// What the error policy does once a message has no retries left.
-enum GiveUp {
+pub(super) enum GiveUp {
     Settled(Settled),
     /// `ForceCommit: false`: the message holds its partition and runs again.
     Hold,
@@ -249,7 +266,7 @@ enum GiveUp {
 
 /// The error policy for a message out of retries: the error handler, then the dead-letter
 /// topic if there is one, else commit past it (`ForceCommit: true`) or hold the partition.
-async fn give_up(
+pub(super) async fn give_up(
     queue: &QueueShared,
     partition: &PartitionState,
     msg: &Message,
@@ -316,8 +333,8 @@ async fn give_up(
 }
 
 /// Runs the handler once, turning a panic into an error so the processor survives it.
-async fn run_handler(queue: &QueueShared, msg: &Message) -> Result<(), HandlerError> {
-    let future = match std::panic::catch_unwind(AssertUnwindSafe(|| queue.handler.handle(msg))) {
+async fn run_handler(handler: &dyn Handler, msg: &Message) -> Result<(), HandlerError> {
+    let future = match std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(msg))) {
         Ok(future) => future,
         Err(panic) => return Err(HandlerError::panicked(&*panic)),
     };
@@ -328,14 +345,14 @@ async fn run_handler(queue: &QueueShared, msg: &Message) -> Result<(), HandlerEr
 }
 
 /// The wait before attempt `attempt + 1`: `initial`, doubling each time, capped at `max`.
-fn backoff(initial: Duration, max: Duration, attempt: u32) -> Duration {
+pub(super) fn backoff(initial: Duration, max: Duration, attempt: u32) -> Duration {
     let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
     initial.saturating_mul(factor).min(max)
 }
 
 /// Sleeps, but wakes early and returns `false` when the service stops or the partition is
 /// revoked, so that a retrying message never delays a rebalance or a shutdown.
-async fn wait_unless_stopped(
+pub(super) async fn wait_unless_stopped(
     wait: Duration,
     partition: &PartitionState,
     shutdown: &Shutdown,

@@ -175,6 +175,38 @@ pub(super) fn record_retried(queue: &QueueShared, started: Option<Instant>) {
     }
 }
 
+/// Records a batch handler's call: `finished` of its messages done with it, each counted
+/// with `share`, its equal share of the call's time; and the call's size (`taken`
+/// messages) and time.
+pub(super) fn record_batch(
+    queue: &QueueShared,
+    finished: usize,
+    share: Duration,
+    taken: usize,
+    elapsed: Duration,
+) {
+    for _ in 0..finished {
+        app_metrics(queue, Outcome::Ok, share);
+    }
+    if let Some(observed) = &queue.observed {
+        let mut tally = Tally::default();
+        tally.record_many(Outcome::Ok, share, finished as u64);
+        observed.add(&mut tally);
+        observed.record_batch(taken, elapsed);
+    }
+}
+
+/// Records one message of a batch whose call failed at it: a retry, or what the error policy
+/// made of it, with its share of the call's time.
+pub(super) fn record_batch_message(queue: &QueueShared, outcome: Outcome, share: Duration) {
+    app_metrics(queue, outcome, share);
+    if let Some(observed) = &queue.observed {
+        let mut tally = Tally::default();
+        tally.record(outcome, share);
+        observed.add(&mut tally);
+    }
+}
+
 /// Reports a run to the application's `Metrics`, if it set any.
 fn app_metrics(queue: &QueueShared, outcome: Outcome, elapsed: Duration) {
     if let Some(metrics) = &queue.metrics {
@@ -217,7 +249,7 @@ mod tests {
         Recorder::new(Arc::new(QueueShared {
             name: "timing-unit".into(),
             observed: crate::observe::ConsumerMetrics::new("timing-unit", "timing-unit"),
-            handler: Arc::new(Noop),
+            consume: crate::queue::Consume::Each(Arc::new(Noop)),
             error_handler: Arc::new(|_, _| {}),
             custom_error_handler: false,
             metrics: metrics.map(|m| Arc::new(m) as Arc<dyn Metrics>),

@@ -1,0 +1,6 @@
+#[kq::consumer(conf = "KqConsumerConf")]
+async fn ledger(batch: Vec<String>) {
+    let _ = batch;
+}
+
+fn main() {}
