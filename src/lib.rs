@@ -73,11 +73,39 @@ pub use kq_core::{create_topic, load_config, registered_queues, sleep, spawn};
 /// the error policy; it never crashes a worker. The return type is `()` or
 /// `Result<(), E>` for any `E: Display`, so `anyhow::Result<()>` works.
 ///
+/// **Batch consumers.** A function whose parameter is `&[kq::Message]` or
+/// `Vec<kq::Json<T>>` runs once per batch of up to `Batch.Size` messages (100 by default),
+/// handed over once full or after `Batch.Wait` (10 ms); beside its batch it may take
+/// `&kq::State<S>` only. It returns what a single consumer returns, which fails the whole
+/// batch, or `Result<(), kq::BatchError>`, whose [`BatchError::at`] says which message
+/// failed, so that those before it are done and only it and those after it run again. Each
+/// message of a batch keeps every promise a single message has: per-key order, gap-free
+/// commits, the error policy (a message out of retries goes through it alone), the drain on
+/// revoke and stop. See `docs/semantics.md`.
+///
+/// ```
+/// #[derive(serde::Deserialize)]
+/// struct Payment {
+///     order: String,
+/// }
+///
+/// #[kq::consumer(conf = "KqConsumerConf", batch_size = 500)]
+/// async fn index(payments: Vec<kq::Json<Payment>>) -> Result<(), kq::BatchError> {
+///     for (i, kq::Json(payment)) in payments.iter().enumerate() {
+///         if payment.order.is_empty() {
+///             return Err(kq::BatchError::at(i, "a payment without an order"));
+///         }
+///     }
+///     Ok(())
+/// }
+/// ```
+///
 /// Arguments: `conf = "Key"` (required), `name = "..."` (the consumer's name in logs and
-/// metrics; the function's name by default), `crate = "path"` (when `kq` is renamed), and the
+/// metrics; the function's name by default), `crate = "path"` (when `kq` is renamed), the
 /// error policy, which overrides the conf's keys of the same meaning:
 /// `retry_attempts = 5` (`Retry.Attempts`), `dead_letter_topic = "payments-dlq"`
-/// (`DeadLetterTopic`), `force_commit = false` (`ForceCommit`).
+/// (`DeadLetterTopic`), `force_commit = false` (`ForceCommit`), and for a batch consumer
+/// `batch_size = 500` (`Batch.Size`) and `batch_wait = "50ms"` (`Batch.Wait`).
 ///
 /// ```
 /// #[derive(serde::Deserialize)]

@@ -8,7 +8,8 @@
 //! 2. `dispatch`: routes the message to a lane by key (per-key order); a free processor
 //!    takes the next lane with work, and a lane runs on one processor at a time;
 //! 3. `processor`: runs the handler under the error policy (retries, dead letters, panics),
-//!    timed for the metrics by `timing`;
+//!    timed for the metrics by `timing`; `batch` does the same for a batch consumer, a batch
+//!    of a lane's messages per call;
 //! 4. `offsets`: tracks what is done per partition and yields the gap-free watermark;
 //! 5. `commit`: commits watermarks on an interval, and synchronously on revoke and shutdown;
 //!
