@@ -1,14 +1,17 @@
-//! What the service's process tests share: starting the binary, stopping it as a process
-//! manager does, scratch config files, and the real broker's address.
+//! What the service's process tests share: the examples' process helpers, and starting this
+//! service's binary.
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+#[path = "../../../support/process.rs"]
+mod process;
+
+use std::path::Path;
+use std::process::Child;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+
+pub use process::*;
 
 pub const SERVICE: &str = env!("CARGO_BIN_EXE_payment-success");
 
@@ -16,106 +19,13 @@ pub fn package_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Starts the service in its package directory (with `-f file` when given) and sends each
-/// line it prints, tagged with `tag`, to `lines`. Returns the process and the thread reading
-/// it. `RUST_LOG` is `log`, or unset for `None`: the config's `Log` block decides.
+/// Starts the service in its package directory (with `-f file` when given); see
+/// [`spawn_binary`].
 pub fn spawn_service<T: Send + Clone + 'static>(
     file: Option<&Path>,
     log: Option<&str>,
     tag: T,
     lines: mpsc::Sender<(T, String)>,
 ) -> (Child, JoinHandle<()>) {
-    let mut command = Command::new(SERVICE);
-    if let Some(file) = file {
-        command.arg("-f").arg(file);
-    }
-    match log {
-        Some(log) => command.env("RUST_LOG", log),
-        None => command.env_remove("RUST_LOG"),
-    };
-    let mut child = command
-        .current_dir(package_dir())
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the service");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines.send((tag.clone(), line));
-        }
-    });
-    (child, reader)
-}
-
-/// Asks a running service to stop, as a process manager does.
-pub fn sigterm(child: &mut Child) {
-    let pid = child.id().to_string();
-    let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(sent.success(), "kill -TERM {pid}");
-}
-
-/// How long a service may take to stop after SIGTERM.
-pub const STOP_LIMIT: Duration = Duration::from_secs(20);
-
-/// Waits for a service sent SIGTERM to exit. One still running after `STOP_LIMIT` is killed
-/// and fails the test.
-pub fn stopped(child: &mut Child) -> ExitStatus {
-    let deadline = Instant::now() + STOP_LIMIT;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the service did not stop within {STOP_LIMIT:?} of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The real broker named by `KQ_TEST_BROKERS`, if any.
-pub fn real_broker() -> Option<String> {
-    let brokers = std::env::var("KQ_TEST_BROKERS")
-        .ok()
-        .filter(|b| !b.is_empty());
-    if brokers.is_none() {
-        eprintln!("skipped: needs a real broker (scripts/test.sh --real sets KQ_TEST_BROKERS)");
-    }
-    brokers
-}
-
-/// A name no other test, nor an earlier run against the same broker, uses.
-pub fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
-}
-
-/// A directory of a test's own under the temp dir, removed with its files when dropped.
-pub struct Scratch(PathBuf);
-
-impl Scratch {
-    pub fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("kq-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    /// Writes `text` to the file `name` in the directory.
-    pub fn file(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    spawn_binary(SERVICE, package_dir(), file, log, tag, lines)
 }

@@ -1,0 +1,3 @@
+//! The service's consumers.
+
+mod ledger;
