@@ -63,11 +63,18 @@ impl Counter {
     }
 
     fn hit(&self) {
+        self.hit_many(1);
+    }
+
+    /// Counts `n` messages handled in one call.
+    fn hit_many(&self, n: usize) {
         // Reading the clock once, as the raw loops do: it costs as much as a no-op handler.
         if self.first.get().is_none() {
             let _ = self.first.set(Instant::now());
         }
-        self.lines[count_line()].0.fetch_add(1, Ordering::Relaxed);
+        self.lines[count_line()]
+            .0
+            .fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Messages counted so far.
@@ -129,6 +136,21 @@ impl Counter {
 #[kq::consumer(conf = "Noop")]
 async fn noop(counter: &kq::State<Counter>, _key: &str, _value: &str) {
     counter.hit();
+}
+
+/// A batch consumer doing nothing with its batch.
+#[kq::consumer(conf = "NoopBatch")]
+async fn noop_batch(counter: &kq::State<Counter>, batch: &[kq::Message]) {
+    counter.hit_many(batch.len());
+}
+
+/// A sink whose call waits 1 ms for a reply however many messages it carries, as a bulk
+/// insert or a bulk index request does.
+#[kq::consumer(conf = "WaitingBatch")]
+async fn waiting_batch(counter: &kq::State<Counter>, batch: &[kq::Message]) -> std::io::Result<()> {
+    reply_after(Duration::from_millis(1)).await?;
+    counter.hit_many(batch.len());
+    Ok(())
 }
 
 #[kq::consumer(conf = "Waiting")]
@@ -360,18 +382,22 @@ async fn run_kq(
 /// `consume_throughput` numbers them (0 is kq).
 const CONSUME_SUBJECTS: [&str; 4] = ["kq", "stream", "base", "batch"];
 
-/// Which consume subjects run: all of them, or those `KQ_BENCH_ONLY` names (comma-separated),
-/// to profile one side alone.
-fn consume_subjects() -> anyhow::Result<[bool; CONSUME_SUBJECTS.len()]> {
+/// The batch-consume scenario's subjects, by the names `KQ_BENCH_ONLY` takes, in the order
+/// `batch_consume` numbers them.
+const BATCH_CONSUME_SUBJECTS: [&str; 3] = ["kq-batch", "kq", "batch"];
+
+/// Which of a scenario's subjects run: all of them, or those `KQ_BENCH_ONLY` names
+/// (comma-separated), to profile one side alone.
+fn chosen_subjects<const N: usize>(subjects: [&str; N]) -> anyhow::Result<[bool; N]> {
     let Ok(only) = std::env::var("KQ_BENCH_ONLY") else {
-        return Ok([true; CONSUME_SUBJECTS.len()]);
+        return Ok([true; N]);
     };
-    let mut chosen = [false; CONSUME_SUBJECTS.len()];
+    let mut chosen = [false; N];
     for name in only.split(',').map(str::trim) {
-        match CONSUME_SUBJECTS.iter().position(|s| *s == name) {
+        match subjects.iter().position(|s| *s == name) {
             Some(i) => chosen[i] = true,
             None => anyhow::bail!(
-                "KQ_BENCH_ONLY: unknown subject `{name}`; expected some of {CONSUME_SUBJECTS:?}"
+                "KQ_BENCH_ONLY: unknown subject `{name}`; expected some of {subjects:?}"
             ),
         }
     }
@@ -380,7 +406,7 @@ fn consume_subjects() -> anyhow::Result<[bool; CONSUME_SUBJECTS.len()]> {
 
 /// Scenario 1: no-op handler, 1M pre-produced messages.
 pub async fn consume_throughput(settings: &Settings) -> anyhow::Result<Vec<Row>> {
-    let chosen = consume_subjects()?;
+    let chosen = chosen_subjects(CONSUME_SUBJECTS)?;
     let n = settings.messages;
     // A topic an earlier run filled with as many messages, to profile without refilling.
     let topic = match std::env::var("KQ_BENCH_TOPIC") {
@@ -608,6 +634,106 @@ pub async fn io_bound(settings: &Settings) -> anyhow::Result<Vec<Row>> {
         );
         let ratio = row.msgs_per_sec / ideal;
         rows.push(row.noted(format!("{ratio:.2}× the ideal {ideal:.0}/s")));
+    }
+    Ok(rows)
+}
+
+/// Scenario: a sink whose call takes 1 ms however many messages it carries. The batch
+/// consumer at kq's defaults (Processors 8, `Batch.Size` 100), and with batches of 500,
+/// against the single-message consumer at Processors 64, both reading one topic of a million messages with fresh groups;
+/// the single-message one stops after a fifth of it, which takes it long enough.
+pub async fn batch_io(settings: &Settings) -> anyhow::Result<Vec<Row>> {
+    const PROCESSORS: usize = 64;
+    let n = settings.messages;
+    let single_n = (n / 5).max(1000);
+    let topic = fill(settings, n, n).await?;
+    let mut rows = Vec::new();
+    for _ in 0..settings.reps {
+        let counter = Counter::new(single_n);
+        let cpu = cpu_time();
+        run_kq(
+            "waiting",
+            kq_conf(settings, &topic, PROCESSORS),
+            &counter,
+            Duration::from_secs(300),
+        )
+        .await?;
+        let cpu = cpu_time() - cpu;
+        rows.push(Row::throughput(
+            "batch-io",
+            "baseline single-message kq (Processors 64)",
+            single_n,
+            counter.span(),
+            Some(cpu),
+        ));
+
+        for size in [100, 500] {
+            let counter = Counter::new(n);
+            let cpu = cpu_time();
+            let mut conf = kq_conf(settings, &topic, 8);
+            conf.batch.size = size;
+            let wait = conf.batch.wait;
+            run_kq("waiting_batch", conf, &counter, Duration::from_secs(300)).await?;
+            let row = Row::throughput(
+                "batch-io",
+                format!("kq batch (Processors 8, Batch.Size {size})"),
+                n,
+                counter.span(),
+                Some(cpu_time() - cpu),
+            );
+            let ideal = 8.0 * size as f64 / 1e-3;
+            rows.push(row.noted(format!(
+                "Batch.Wait {wait:?}; 8 calls of {size} a millisecond would be {ideal:.0}/s"
+            )));
+        }
+    }
+    Ok(rows)
+}
+
+/// Scenario: what a batch consumer costs per message. A no-op batch consumer at kq's defaults
+/// against the raw `rd_kafka_consume_batch_queue` loop, and the single-message no-op
+/// consumer beside them, one million messages each, the subjects taking turns going first.
+pub async fn batch_consume(settings: &Settings) -> anyhow::Result<Vec<Row>> {
+    let chosen = chosen_subjects(BATCH_CONSUME_SUBJECTS)?;
+    let n = settings.messages;
+    let topic = fill(settings, n, 10_000).await?;
+    let mut rows = Vec::new();
+    for rep in 0..settings.reps {
+        let subjects = BATCH_CONSUME_SUBJECTS.len();
+        for subject in (0..subjects).map(|i| (i + rep) % subjects) {
+            if !chosen[subject] {
+                continue;
+            }
+            let cpu = cpu_time();
+            let (name, span) = match subject {
+                0 => {
+                    let counter = Counter::new(n);
+                    let conf = kq_conf(settings, &topic, 8);
+                    run_kq("noop_batch", conf, &counter, Duration::from_secs(300)).await?;
+                    (
+                        "kq batch no-op (Processors 8, Batch.Size 100)",
+                        counter.span(),
+                    )
+                }
+                1 => {
+                    let counter = Counter::new(n);
+                    let conf = kq_conf(settings, &topic, 8);
+                    run_kq("noop", conf, &counter, Duration::from_secs(300)).await?;
+                    ("kq single-message no-op (Processors 8)", counter.span())
+                }
+                _ => (
+                    "baseline batch consume",
+                    raw_batch(settings, &topic, n).await?,
+                ),
+            };
+            rows.push(Row::throughput(
+                "batch-consume",
+                name,
+                n,
+                span,
+                Some(cpu_time() - cpu),
+            ));
+        }
     }
     Ok(rows)
 }

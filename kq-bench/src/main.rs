@@ -53,7 +53,15 @@ impl Settings {
     }
 }
 
-const SCENARIOS: &[&str] = &["consume", "io", "push", "latency", "memory"];
+const SCENARIOS: &[&str] = &[
+    "consume",
+    "io",
+    "push",
+    "latency",
+    "memory",
+    "batch-io",
+    "batch-consume",
+];
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -135,6 +143,8 @@ fn main() -> anyhow::Result<()> {
                 "push" => consumers::push_throughput(&settings).await?,
                 "latency" => consumers::latency(&settings).await?,
                 "memory" => consumers::memory(&settings).await?,
+                "batch-io" => consumers::batch_io(&settings).await?,
+                "batch-consume" => consumers::batch_consume(&settings).await?,
                 _ => Vec::new(),
             };
             for row in &new_rows {

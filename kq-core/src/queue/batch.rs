@@ -35,33 +35,52 @@ pub(crate) async fn run(
     mut intake: Intake,
     shutdown: Shutdown,
 ) {
-    let size = queue.conf.batch.size;
+    let (size, wait) = (queue.conf.batch.size, queue.conf.batch.wait);
     let by_partition = queue.conf.effective_ordering() == Ordering::Partition;
     let mut runs: Vec<Run> = Vec::new();
     let mut batch = Batch::default();
+    // When the batch being filled is handed over, full or not.
+    let mut deadline = tokio::time::Instant::now();
     let mut released = Vec::new();
     let mut emptied = Vec::new();
-    while intake
-        .next_batch(&mut runs, size, queue.conf.batch.wait)
-        .await
-    {
+    loop {
+        if batch.msgs.is_empty() {
+            match intake.next_batch(&mut runs, size, wait).await {
+                Some(until) => deadline = until,
+                None => break,
+            }
+        } else {
+            // What is left of the runs taken before makes a batch that is not full: the lane
+            // is still held, so that its next messages can join it.
+            tokio::select! {
+                () = intake.fill(&mut runs, size - batch.msgs.len(), deadline) => {}
+                () = shutdown.wait() => {}
+            }
+        }
+        let taken = tokio::time::Instant::now();
         for mut run in runs.drain(..) {
             run.partition.enter(run.msgs.len());
             for msg in run.msgs.drain(..) {
                 let cut = batch.msgs.len() == size
                     || (by_partition
                         && batch
-                            .parts
+                            .partitions
                             .last()
                             .is_some_and(|last| !Arc::ptr_eq(last, &run.partition)));
                 if cut {
                     settle(&queue, &*handler, &mut batch, &shutdown, &mut released).await;
+                    // The next batch starts with messages taken now.
+                    deadline = taken + wait;
                 }
-                batch.push(run.partition.clone(), msg);
+                batch.push(&run.partition, msg);
             }
             emptied.push(run.msgs);
         }
-        if !batch.msgs.is_empty() {
+        let due = batch.msgs.len() >= size
+            || tokio::time::Instant::now() >= deadline
+            || intake.closed()
+            || shutdown.is_triggered();
+        if due && !batch.msgs.is_empty() {
             settle(&queue, &*handler, &mut batch, &shutdown, &mut released).await;
         }
         intake.done(&mut released);
@@ -73,18 +92,29 @@ pub(crate) async fn run(
 #[derive(Default)]
 struct Batch {
     msgs: Vec<Message>,
-    parts: Vec<Arc<PartitionState>>,
+    /// Each message's partition, an index into `partitions`.
+    part_of: Vec<usize>,
+    /// One reference per run of messages of a partition, not one per message: the count of
+    /// references is one that every processor writes.
+    partitions: Vec<Arc<PartitionState>>,
 }
 
 impl Batch {
-    fn push(&mut self, partition: Arc<PartitionState>, msg: Message) {
-        self.parts.push(partition);
+    fn push(&mut self, partition: &Arc<PartitionState>, msg: Message) {
+        if !self
+            .partitions
+            .last()
+            .is_some_and(|last| Arc::ptr_eq(last, partition))
+        {
+            self.partitions.push(partition.clone());
+        }
+        self.part_of.push(self.partitions.len() - 1);
         self.msgs.push(msg);
     }
 
-    /// Removes the message at `index`, done with one way or another.
-    fn remove(&mut self, index: usize) -> (Arc<PartitionState>, Message) {
-        (self.parts.remove(index), self.msgs.remove(index))
+    /// The partition of the message at `index`.
+    fn partition(&self, index: usize) -> &Arc<PartitionState> {
+        &self.partitions[self.part_of[index]]
     }
 }
 
@@ -105,7 +135,7 @@ async fn settle(
         // A revoked partition's messages belong to its next owner; all of them on a stop.
         let mut gone = Done::default();
         for index in 0..batch.msgs.len() {
-            if shutdown.is_triggered() || batch.parts[index].is_revoked() {
+            if shutdown.is_triggered() || batch.partition(index).is_revoked() {
                 gone.abandon(index);
             }
         }
@@ -119,9 +149,10 @@ async fn settle(
         // rest runs, so that the messages after it with its key still follow it.
         let mut hold = false;
         for Rejected { index, error } in rejected.drain(..) {
-            let Some((msg, partition)) = batch.msgs.get(index).zip(batch.parts.get(index)) else {
+            let Some(msg) = batch.msgs.get(index) else {
                 continue;
             };
+            let partition = batch.partition(index);
             match give_up(queue, partition, msg, shutdown, None, &error, 1).await {
                 GiveUp::Settled(Settled::Done(outcome, _)) => done.finish(index, outcome),
                 GiveUp::Settled(Settled::Abandoned) => done.abandon(index),
@@ -165,7 +196,7 @@ async fn settle(
                         }
                     }
                     timing::record_batch(queue, before, share, taken, elapsed);
-                    let (msg, partition) = (&batch.msgs[index], &batch.parts[index]);
+                    let (msg, partition) = (&batch.msgs[index], batch.partition(index));
                     let identity = (msg.partition(), msg.offset());
                     failures = if failing == Some(identity) {
                         failures + 1
@@ -252,22 +283,46 @@ impl Done {
             .find(|&i| !self.has(i))
     }
 
-    /// Marks the finished messages done in their partitions and releases the place of all of
-    /// them, removing them from the batch; `true` when it is empty.
+    /// Marks the finished messages done in their partitions, one lock per partition's run
+    /// of them, and releases the place of all of them, removing them from the batch; `true`
+    /// when it is empty.
     fn apply(self, batch: &mut Batch, released: &mut Vec<Vec<u8>>) -> bool {
         let mut offsets = Vec::new();
-        for &(index, finished) in self.indices.iter().rev() {
-            let (partition, msg) = batch.remove(index);
+        let mut abandoned = 0;
+        let mut indices = self.indices.iter().peekable();
+        while let Some(&(index, finished)) = indices.next() {
+            let part = batch.part_of[index];
             if finished {
-                offsets.clear();
-                offsets.push(msg.offset());
-                partition.finish_all(&offsets);
+                offsets.push(batch.msgs[index].offset());
             } else {
-                partition.abandon();
+                abandoned += 1;
             }
-            released.push(msg.into_bytes());
+            if indices
+                .peek()
+                .is_none_or(|&&(next, _)| batch.part_of[next] != part)
+            {
+                batch.partitions[part].finish_all(&offsets);
+                batch.partitions[part].skip(abandoned);
+                offsets.clear();
+                abandoned = 0;
+            }
         }
-        batch.msgs.is_empty()
+        // The messages left move to the front, in order; those done with go.
+        let mut done = self.indices.iter().map(|&(index, _)| index).peekable();
+        let mut kept = 0;
+        for index in 0..batch.msgs.len() {
+            if done.next_if_eq(&index).is_none() {
+                batch.msgs.swap(kept, index);
+                batch.part_of.swap(kept, index);
+                kept += 1;
+            }
+        }
+        released.extend(batch.msgs.drain(kept..).map(Message::into_bytes));
+        batch.part_of.truncate(kept);
+        if kept == 0 {
+            batch.partitions.clear();
+        }
+        kept == 0
     }
 }
 

@@ -48,9 +48,6 @@ pub(crate) struct Run {
 /// so that a lane fills a batch rather than a few lanes a part of one each.
 const LANES_PER_PROCESSOR: usize = 4;
 
-/// How often a processor holding a batch that is not full looks for more messages.
-const BATCH_POLL: Duration = Duration::from_millis(1);
-
 /// Emptied message vectors kept for reuse at most, per member.
 const MAX_SPARE_RUNS: usize = 256;
 
@@ -75,6 +72,11 @@ struct Lanes {
     /// Message vectors the processors emptied, for the dispatcher to fill again.
     spare_runs: Mutex<Vec<Vec<Message>>>,
     room: RoomWait,
+    /// A batch consumer's, one per lane under key or partition order: wakes the processor
+    /// that holds the lane and waits for more messages to fill its batch.
+    fill_wakes: Vec<Notify>,
+    /// Lanes given runs while their processor waited for them, for the announcer to wake.
+    refilled: Mutex<Vec<usize>>,
 }
 
 /// One lane's runs, in order.
@@ -83,6 +85,8 @@ struct Lane {
     runs: VecDeque<Run>,
     /// In the ready queue or held by a processor: the lane is not to be queued again.
     scheduled: bool,
+    /// Held by a processor waiting for more messages to fill its batch.
+    filling: bool,
 }
 
 impl Lanes {
@@ -99,11 +103,18 @@ pub(crate) fn announcer(dispatcher: &Dispatcher) -> impl Future<Output = ()> + S
     let lanes = dispatcher.lanes.clone();
     let processors = dispatcher.processors;
     async move {
+        let mut refilled = Vec::new();
         loop {
             let mut handed_off = pin!(lanes.handed_off.notified());
             // Registered before the count is read, so that a hand-off after the read wakes it.
             handed_off.as_mut().enable();
             let ready = lanes.unannounced.swap(0, AtomicOrdering::AcqRel);
+            if !lanes.fill_wakes.is_empty() {
+                refilled.append(&mut lock(&lanes.refilled));
+                for lane in refilled.drain(..) {
+                    lanes.fill_wakes[lane].notify_one();
+                }
+            }
             // A wake with no processor waiting is kept for the next one that looks; the
             // processors that are busy look for the other ready lanes when they are done.
             for _ in 0..ready.min(processors) {
@@ -206,29 +217,72 @@ impl Intake {
         }
     }
 
-    /// Moves the next batch's runs into `runs`, as `next` does, and while they hold fewer than
-    /// `size` messages takes more as they arrive, for up to `wait`: from the lane it holds,
-    /// or, with no ordering, from the shared lane. `false` once the dispatcher is gone and no
-    /// lane has work.
-    pub async fn next_batch(&mut self, runs: &mut Vec<Run>, size: usize, wait: Duration) -> bool {
+    /// Moves the next batch's first runs into `runs`, as `next` does, then `fill`s them up to
+    /// `size` messages until `wait` has passed. Returns when that wait ends, for the runs
+    /// taken that do not make a full batch, or `None` once the dispatcher is gone and no lane
+    /// has work.
+    pub async fn next_batch(
+        &mut self,
+        runs: &mut Vec<Run>,
+        size: usize,
+        wait: Duration,
+    ) -> Option<tokio::time::Instant> {
         if !self.next_up_to(runs, size).await {
-            return false;
+            return None;
         }
-        let mut count: usize = runs.iter().map(|run| run.msgs.len()).sum();
         let deadline = tokio::time::Instant::now() + wait;
-        while count < size && !self.lanes.closed.load(AtomicOrdering::Acquire) {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
+        let count: usize = runs.iter().map(|run| run.msgs.len()).sum();
+        if count < size {
+            self.fill(runs, size - count, deadline).await;
+        }
+        Some(deadline)
+    }
+
+    /// Takes more runs into `runs` as they arrive, until they hold `wanted` messages, or
+    /// `deadline` passes, or the lanes close: under key or partition order from the lane held
+    /// (its processor keeps it meanwhile, so that no other runs the lane's later messages),
+    /// with no ordering from the shared lane. A hand-off to the lane wakes the processor
+    /// through the announcer: no timer but the deadline's.
+    pub async fn fill(
+        &mut self,
+        runs: &mut Vec<Run>,
+        wanted: usize,
+        deadline: tokio::time::Instant,
+    ) {
+        let lanes = self.lanes.clone();
+        let wake = match self.held {
+            _ if lanes.shared => &lanes.work,
+            Some(held) => &lanes.fill_wakes[held],
+            None => return,
+        };
+        let mut expired = pin!(tokio::time::sleep_until(deadline));
+        let mut count = 0;
+        loop {
+            let mut woken = pin!(wake.notified());
+            // Registered before the lane is read, so that a hand-off after the read wakes it.
+            woken.as_mut().enable();
+            count += self.take_more(runs, wanted - count);
+            if count >= wanted || lanes.closed.load(AtomicOrdering::Acquire) {
                 break;
             }
-            tokio::time::sleep(left.min(BATCH_POLL)).await;
-            count += self.take_more(runs, size - count);
+            tokio::select! {
+                () = woken => {}
+                () = &mut expired => break,
+            }
         }
-        true
+        if let Some(held) = self.held.filter(|_| !lanes.shared) {
+            lock(&lanes.lanes[held]).filling = false;
+        }
+    }
+
+    /// Whether the dispatcher is gone: no more messages will come.
+    pub fn closed(&self) -> bool {
+        self.lanes.closed.load(AtomicOrdering::Acquire)
     }
 
     /// Takes runs of the lane held, or up to `wanted` messages' of the shared lane; returns
-    /// how many messages.
+    /// how many messages. A held lane that has fewer is marked as filling, for the next
+    /// hand-off to it to wake its processor.
     fn take_more(&mut self, runs: &mut Vec<Run>, wanted: usize) -> usize {
         let lanes = &*self.lanes;
         let before = runs.len();
@@ -242,8 +296,16 @@ impl Intake {
                 taken += run.msgs.len();
                 runs.push(run);
             }
+            if !lane.runs.is_empty() {
+                // Passed on, as `next_up_to` does, for the runs left.
+                lanes.work.notify_one();
+            }
         } else if let Some(held) = self.held {
-            runs.extend(lock(&lanes.lanes[held]).runs.drain(..));
+            let mut lane = lock(&lanes.lanes[held]);
+            runs.extend(lane.runs.drain(..));
+            let taken: usize = runs[before..].iter().map(|run| run.msgs.len()).sum();
+            lane.filling = taken < wanted;
+            return taken;
         }
         runs[before..].iter().map(|run| run.msgs.len()).sum()
     }
@@ -283,6 +345,8 @@ pub(crate) struct Dispatcher {
     /// Lanes that were idle and were given runs in this flush: queued for the processors
     /// once all of them are filled, under one lock of the ready queue.
     made_ready: Vec<usize>,
+    /// Lanes given runs in this flush while their processor waited for them.
+    refilled: Vec<usize>,
     /// The partition of the offsets in `fetched`.
     fetched_partition: Option<Arc<PartitionState>>,
     /// Offsets of one partition dispatched and not yet recorded as fetched, ascending.
@@ -325,6 +389,11 @@ impl Dispatcher {
             handed_off: Notify::new(),
             spare_runs: Mutex::default(),
             room: RoomWait::new(capacity),
+            fill_wakes: match (shared, batching) {
+                (false, true) => (0..count).map(|_| Notify::new()).collect(),
+                _ => Vec::new(),
+            },
+            refilled: Mutex::default(),
         });
         let intakes = (0..processors)
             .map(|_| Intake {
@@ -339,6 +408,7 @@ impl Dispatcher {
             pending: (0..count).map(|_| Vec::new()).collect(),
             spare_runs: Vec::new(),
             made_ready: Vec::new(),
+            refilled: Vec::new(),
             fetched_partition: None,
             fetched: Vec::new(),
             unsent: 0,
@@ -435,6 +505,10 @@ impl Dispatcher {
                 lane.scheduled = true;
                 self.made_ready.push(index);
             }
+            if lane.filling {
+                lane.filling = false;
+                self.refilled.push(index);
+            }
             handed_off = true;
         }
         if !handed_off {
@@ -447,7 +521,11 @@ impl Dispatcher {
             lock(&self.lanes.ready).extend(self.made_ready.drain(..));
             made_ready
         };
-        if woken > 0 {
+        let refilled = !self.refilled.is_empty();
+        if refilled {
+            lock(&self.lanes.refilled).append(&mut self.refilled);
+        }
+        if woken > 0 || refilled {
             self.lanes
                 .unannounced
                 .fetch_add(woken, AtomicOrdering::AcqRel);
@@ -648,6 +726,47 @@ mod tests {
             handled.push(count);
         }
         handled
+    }
+
+    /// A batch that is not full is completed by the next hand-off to its lane, long before its
+    /// wait ends: the hand-off wakes the processor, which polls no timer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hand_off_completes_a_waiting_batch_at_once() {
+        for ordering in [Ordering::Key, Ordering::Partition, Ordering::None] {
+            let (mut dispatcher, mut intakes) =
+                Dispatcher::new(1, ordering, 1000, true, Arc::default(), Arc::default());
+            tokio::spawn(announcer(&dispatcher));
+            let mut intake = intakes.remove(0);
+            let batch = tokio::spawn(async move {
+                let mut runs = Vec::new();
+                let started = tokio::time::Instant::now();
+                intake
+                    .next_batch(&mut runs, 10, Duration::from_secs(30))
+                    .await
+                    .expect("a batch");
+                let count: usize = runs.iter().map(|run| run.msgs.len()).sum();
+                (count, started.elapsed())
+            });
+            let partition = PartitionState::new(0);
+            for offset in 0..4 {
+                let msg = Message::new("t", 0, offset).with_key("k");
+                dispatcher.dispatch(&partition, msg);
+            }
+            dispatcher.flush();
+            // The processor has taken the first four, and waits for more.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            for offset in 4..10 {
+                let msg = Message::new("t", 0, offset).with_key("k");
+                dispatcher.dispatch(&partition, msg);
+            }
+            dispatcher.flush();
+            let (count, took) = tokio::time::timeout(Duration::from_secs(5), batch)
+                .await
+                .expect("the batch was handed over before its wait ended")
+                .unwrap();
+            assert_eq!(count, 10, "{ordering:?}");
+            assert!(took < Duration::from_secs(5), "{ordering:?}: {took:?}");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,6 +45,19 @@ const POLL: Duration = Duration::from_millis(100);
 /// wakes the processors, which have usually run out of work and parked by then; larger bursts
 /// wake them less often, but leave them idle longer while the loop fills the next one.
 pub(super) const BURST: usize = 512;
+
+/// A round's burst: `BURST`, or for a batch consumer a batch for each processor, so that a
+/// lane's share of a hand-off fills a batch rather than half of one, which left its
+/// processor waiting for the next hand-off (at most half the queue, so that the processors
+/// have the other half meanwhile).
+fn burst(queue: &QueueShared) -> usize {
+    if queue.batching() {
+        let batches = queue.conf.batch.size.saturating_mul(queue.conf.processors);
+        BURST.max(batches.min(queue.capacity() / 2))
+    } else {
+        BURST
+    }
+}
 /// Consumer events served at most per round, so that a flood of them cannot hold up messages.
 const EVENTS_PER_ROUND: usize = 64;
 /// How long the loop waits for the processors to make room in a full queue at most: they wake
@@ -179,6 +192,7 @@ pub(crate) fn spawn_member(
         check_text: queue.reads_text(),
     };
     let fetch = FetchLoop {
+        burst: burst(&queue),
         copier,
         taken: Taken::default(),
         stash: Stash::new(conf.max_bytes),
@@ -443,6 +457,8 @@ struct FetchLoop {
     taken: Taken,
     /// Messages taken and waiting for room.
     stash: Stash<Fetched>,
+    /// Messages handed to the lanes at most per round.
+    burst: usize,
     fetch_queue: Arc<FetchQueue>,
     member: Arc<Member>,
     consumer: BaseConsumer<MemberContext>,
@@ -558,10 +574,10 @@ impl FetchLoop {
         let wanted = if further {
             usize::MAX
         } else {
-            self.room.member.min(BURST)
+            self.room.member.min(self.burst)
         };
         while !self.stash.is_full() && self.stash.len() < wanted {
-            let max = (wanted - self.stash.len()).min(BURST);
+            let max = (wanted - self.stash.len()).min(self.burst);
             self.fetch_queue.take(&mut self.taken, max, Duration::ZERO);
             if self.taken.is_empty() {
                 return;
@@ -593,9 +609,10 @@ impl FetchLoop {
             room,
             dispatcher,
             copier,
+            burst,
             ..
         } = self;
-        let dispatched = stash.serve(room.member.min(BURST), |partition, fetched| {
+        let dispatched = stash.serve(room.member.min(*burst), |partition, fetched| {
             if !room.take(partition, dispatcher) {
                 return Err(fetched);
             }
