@@ -138,6 +138,13 @@ async fn noop(counter: &kq::State<Counter>, _key: &str, _value: &str) {
     counter.hit();
 }
 
+/// A single-message consumer doing nothing with its message, which it takes whole, headers
+/// and all, as a batch consumer of `&[kq::Message]` does.
+#[kq::consumer(conf = "NoopMessage")]
+async fn noop_message(counter: &kq::State<Counter>, _msg: &kq::Message) {
+    counter.hit();
+}
+
 /// A batch consumer doing nothing with its batch.
 #[kq::consumer(conf = "NoopBatch")]
 async fn noop_batch(counter: &kq::State<Counter>, batch: &[kq::Message]) {
@@ -384,7 +391,7 @@ const CONSUME_SUBJECTS: [&str; 4] = ["kq", "stream", "base", "batch"];
 
 /// The batch-consume scenario's subjects, by the names `KQ_BENCH_ONLY` takes, in the order
 /// `batch_consume` numbers them.
-const BATCH_CONSUME_SUBJECTS: [&str; 3] = ["kq-batch", "kq", "batch"];
+const BATCH_CONSUME_SUBJECTS: [&str; 4] = ["kq-batch", "kq", "batch", "kq-message"];
 
 /// Which of a scenario's subjects run: all of them, or those `KQ_BENCH_ONLY` names
 /// (comma-separated), to profile one side alone.
@@ -691,8 +698,10 @@ pub async fn batch_io(settings: &Settings) -> anyhow::Result<Vec<Row>> {
 }
 
 /// Scenario: what a batch consumer costs per message. A no-op batch consumer at kq's defaults
-/// against the raw `rd_kafka_consume_batch_queue` loop, and the single-message no-op
-/// consumer beside them, one million messages each, the subjects taking turns going first.
+/// against the raw `rd_kafka_consume_batch_queue` loop, with single-message no-op consumers
+/// beside them: go-queue's shape, and one that takes the whole message as the batch's
+/// elements are (headers included). One million messages each, the subjects taking turns
+/// going first.
 pub async fn batch_consume(settings: &Settings) -> anyhow::Result<Vec<Row>> {
     let chosen = chosen_subjects(BATCH_CONSUME_SUBJECTS)?;
     let n = settings.messages;
@@ -711,7 +720,7 @@ pub async fn batch_consume(settings: &Settings) -> anyhow::Result<Vec<Row>> {
                     let conf = kq_conf(settings, &topic, 8);
                     run_kq("noop_batch", conf, &counter, Duration::from_secs(300)).await?;
                     (
-                        "kq batch no-op (Processors 8, Batch.Size 100)",
+                        "kq batch no-op of &[kq::Message] (Processors 8, Batch.Size 100)",
                         counter.span(),
                     )
                 }
@@ -719,7 +728,13 @@ pub async fn batch_consume(settings: &Settings) -> anyhow::Result<Vec<Row>> {
                     let counter = Counter::new(n);
                     let conf = kq_conf(settings, &topic, 8);
                     run_kq("noop", conf, &counter, Duration::from_secs(300)).await?;
-                    ("kq single-message no-op (Processors 8)", counter.span())
+                    ("kq no-op of (&str, &str) (Processors 8)", counter.span())
+                }
+                3 => {
+                    let counter = Counter::new(n);
+                    let conf = kq_conf(settings, &topic, 8);
+                    run_kq("noop_message", conf, &counter, Duration::from_secs(300)).await?;
+                    ("kq no-op of &kq::Message (Processors 8)", counter.span())
                 }
                 _ => (
                     "baseline batch consume",

@@ -53,7 +53,7 @@ pub struct BatchConf {
 }
 
 impl BatchConf {
-    /// The largest `Size` kq takes: a member keeps two batches per processor in flight.
+    /// The largest `Size` kq takes: a member keeps three batches per processor in flight.
     const LARGEST_SIZE: usize = 10_000;
     /// The longest `Wait` kq takes.
     const LONGEST_WAIT: Duration = Duration::from_secs(60);
