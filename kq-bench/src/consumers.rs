@@ -385,6 +385,28 @@ async fn run_kq(
     Ok(())
 }
 
+/// Runs a registered kq consumer over `n` messages: its row, timed from the first message
+/// handled to the last, with the process's CPU over the run.
+async fn kq_row(
+    scenario: &'static str,
+    subject: impl Into<String>,
+    consumer: &str,
+    conf: KqConf,
+    n: u64,
+) -> anyhow::Result<Row> {
+    let counter = Counter::new(n);
+    let cpu = cpu_time();
+    run_kq(consumer, conf, &counter, Duration::from_secs(300)).await?;
+    let cpu = cpu_time() - cpu;
+    Ok(Row::throughput(
+        scenario,
+        subject,
+        n,
+        counter.span(),
+        Some(cpu),
+    ))
+}
+
 /// The consume scenario's subjects, by the names `KQ_BENCH_ONLY` takes, in the order
 /// `consume_throughput` numbers them (0 is kq).
 const CONSUME_SUBJECTS: [&str; 4] = ["kq", "stream", "base", "batch"];
@@ -623,22 +645,8 @@ pub async fn io_bound(settings: &Settings) -> anyhow::Result<Vec<Row>> {
             )));
         }
 
-        let counter = Counter::new(n);
-        let cpu = cpu_time();
-        run_kq(
-            "waiting",
-            kq_conf(settings, &topic, PROCESSORS),
-            &counter,
-            Duration::from_secs(300),
-        )
-        .await?;
-        let row = Row::throughput(
-            "io",
-            "kq (Processors 64)",
-            n,
-            counter.span(),
-            Some(cpu_time() - cpu),
-        );
+        let conf = kq_conf(settings, &topic, PROCESSORS);
+        let row = kq_row("io", "kq (Processors 64)", "waiting", conf, n).await?;
         let ratio = row.msgs_per_sec / ideal;
         rows.push(row.noted(format!("{ratio:.2}× the ideal {ideal:.0}/s")));
     }
@@ -647,47 +655,25 @@ pub async fn io_bound(settings: &Settings) -> anyhow::Result<Vec<Row>> {
 
 /// Scenario: a sink whose call takes 1 ms however many messages it carries. The batch
 /// consumer at kq's defaults (Processors 8, `Batch.Size` 100), and with batches of 500,
-/// against the single-message consumer at Processors 64, both reading one topic of a million messages with fresh groups;
-/// the single-message one stops after a fifth of it, which takes it long enough.
+/// against the single-message consumer at Processors 64, all reading one topic of a million
+/// messages with fresh groups; the single-message one stops after a fifth of it, which takes
+/// it long enough.
 pub async fn batch_io(settings: &Settings) -> anyhow::Result<Vec<Row>> {
     const PROCESSORS: usize = 64;
     let n = settings.messages;
-    let single_n = (n / 5).max(1000);
     let topic = fill(settings, n, n).await?;
     let mut rows = Vec::new();
     for _ in 0..settings.reps {
-        let counter = Counter::new(single_n);
-        let cpu = cpu_time();
-        run_kq(
-            "waiting",
-            kq_conf(settings, &topic, PROCESSORS),
-            &counter,
-            Duration::from_secs(300),
-        )
-        .await?;
-        let cpu = cpu_time() - cpu;
-        rows.push(Row::throughput(
-            "batch-io",
-            "baseline single-message kq (Processors 64)",
-            single_n,
-            counter.span(),
-            Some(cpu),
-        ));
-
+        let conf = kq_conf(settings, &topic, PROCESSORS);
+        let subject = "baseline single-message kq (Processors 64)";
+        let single_n = (n / 5).max(1000);
+        rows.push(kq_row("batch-io", subject, "waiting", conf, single_n).await?);
         for size in [100, 500] {
-            let counter = Counter::new(n);
-            let cpu = cpu_time();
             let mut conf = kq_conf(settings, &topic, 8);
             conf.batch.size = size;
             let wait = conf.batch.wait;
-            run_kq("waiting_batch", conf, &counter, Duration::from_secs(300)).await?;
-            let row = Row::throughput(
-                "batch-io",
-                format!("kq batch (Processors 8, Batch.Size {size})"),
-                n,
-                counter.span(),
-                Some(cpu_time() - cpu),
-            );
+            let subject = format!("kq batch (Processors 8, Batch.Size {size})");
+            let row = kq_row("batch-io", subject, "waiting_batch", conf, n).await?;
             let ideal = 8.0 * size as f64 / 1e-3;
             rows.push(row.noted(format!(
                 "Batch.Wait {wait:?}; 8 calls of {size} a millisecond would be {ideal:.0}/s"
@@ -713,41 +699,34 @@ pub async fn batch_consume(settings: &Settings) -> anyhow::Result<Vec<Row>> {
             if !chosen[subject] {
                 continue;
             }
-            let cpu = cpu_time();
-            let (name, span) = match subject {
+            let conf = kq_conf(settings, &topic, 8);
+            let row = match subject {
                 0 => {
-                    let counter = Counter::new(n);
-                    let conf = kq_conf(settings, &topic, 8);
-                    run_kq("noop_batch", conf, &counter, Duration::from_secs(300)).await?;
-                    (
-                        "kq batch no-op of &[kq::Message] (Processors 8, Batch.Size 100)",
-                        counter.span(),
-                    )
+                    let subject = "kq batch no-op of &[kq::Message] (Processors 8, Batch.Size 100)";
+                    kq_row("batch-consume", subject, "noop_batch", conf, n).await?
                 }
                 1 => {
-                    let counter = Counter::new(n);
-                    let conf = kq_conf(settings, &topic, 8);
-                    run_kq("noop", conf, &counter, Duration::from_secs(300)).await?;
-                    ("kq no-op of (&str, &str) (Processors 8)", counter.span())
+                    let subject = "kq no-op of (&str, &str) (Processors 8)";
+                    kq_row("batch-consume", subject, "noop", conf, n).await?
                 }
                 3 => {
-                    let counter = Counter::new(n);
-                    let conf = kq_conf(settings, &topic, 8);
-                    run_kq("noop_message", conf, &counter, Duration::from_secs(300)).await?;
-                    ("kq no-op of &kq::Message (Processors 8)", counter.span())
+                    let subject = "kq no-op of &kq::Message (Processors 8)";
+                    kq_row("batch-consume", subject, "noop_message", conf, n).await?
                 }
-                _ => (
-                    "baseline batch consume",
-                    raw_batch(settings, &topic, n).await?,
-                ),
+                _ => {
+                    let cpu = cpu_time();
+                    let span = raw_batch(settings, &topic, n).await?;
+                    let cpu = cpu_time() - cpu;
+                    Row::throughput(
+                        "batch-consume",
+                        "baseline batch consume",
+                        n,
+                        span,
+                        Some(cpu),
+                    )
+                }
             };
-            rows.push(Row::throughput(
-                "batch-consume",
-                name,
-                n,
-                span,
-                Some(cpu_time() - cpu),
-            ));
+            rows.push(row);
         }
     }
     Ok(rows)

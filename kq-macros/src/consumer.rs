@@ -46,6 +46,24 @@ enum Param {
     Extract(Box<Type>),
 }
 
+impl Param {
+    /// The type of an `Extract` parameter.
+    fn extracted(&self) -> Option<&Type> {
+        match self {
+            Param::Extract(ty) => Some(ty),
+            _ => None,
+        }
+    }
+
+    /// The type of the batch parameter.
+    fn batch(&self) -> Option<&Type> {
+        match self {
+            Param::Batch(ty) => Some(ty),
+            _ => None,
+        }
+    }
+}
+
 pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     let function: ItemFn = match syn::parse2(item.clone()) {
         Ok(function) => function,
@@ -471,17 +489,21 @@ fn generate(function: &ItemFn, args: &Args, params: &[Param]) -> TokenStream {
     }
 }
 
+/// A consumer's handler function, its startup checks and its headers flags.
+type Generated = (TokenStream, Vec<TokenStream>, Vec<TokenStream>);
+
+/// The names the parameters' values are bound to in the handler.
+fn bindings(params: &[Param]) -> Vec<proc_macro2::Ident> {
+    (0..params.len())
+        .map(|i| format_ident!("__kq_arg{i}"))
+        .collect()
+}
+
 /// The handler function of a consumer of single messages, its startup checks and its
 /// headers flags.
-fn generate_single(
-    function: &ItemFn,
-    private: &TokenStream,
-    params: &[Param],
-) -> (TokenStream, Vec<TokenStream>, Vec<TokenStream>) {
+fn generate_single(function: &ItemFn, private: &TokenStream, params: &[Param]) -> Generated {
     let ident = &function.sig.ident;
-    let bindings: Vec<_> = (0..params.len())
-        .map(|i| format_ident!("__kq_arg{i}"))
-        .collect();
+    let bindings = bindings(params);
     // `FromMessage<'_>`, not a named lifetime: that is how the trait shows in an error on an
     // unsupported parameter type, and the three uses of the type report it once.
     let extract = params.iter().zip(&bindings).map(|(param, binding)| match param {
@@ -491,29 +513,13 @@ fn generate_single(
             let #binding = <#ty as #private::FromMessage<'_>>::from_message(__kq_msg, __kq_ctx)?;
         },
     });
-    let checks = params
-        .iter()
-        .filter_map(|param| match param {
-            Param::Extract(ty) => Some(quote_spanned! {ty.span()=>
-                <#ty as #private::FromMessage<'_>>::check(__kq_ctx)?;
-            }),
-            _ => None,
-        })
-        .collect();
-    let reads_headers = params
-        .iter()
-        .filter_map(|param| match param {
-            Param::Extract(ty) => Some(quote_spanned! {ty.span()=>
-                || <#ty as #private::FromMessage<'_>>::READS_HEADERS
-            }),
-            _ => None,
-        })
-        .collect();
-    let output_span = match &function.sig.output {
-        ReturnType::Default => ident.span(),
-        ReturnType::Type(_, ty) => ty.span(),
-    };
-    let result = quote_spanned! {output_span=>
+    let checks = for_each_type(params, Param::extracted, |ty| {
+        quote_spanned! {ty.span()=> <#ty as #private::FromMessage<'_>>::check(__kq_ctx)?; }
+    });
+    let reads_headers = for_each_type(params, Param::extracted, |ty| {
+        quote_spanned! {ty.span()=> || <#ty as #private::FromMessage<'_>>::READS_HEADERS }
+    });
+    let result = quote_spanned! {output_span(function)=>
         #private::IntoHandlerResult::into_handler_result(__kq_output)
     };
     // The future is coerced to the handler's `BoxFuture` right here, spanned on the
@@ -543,15 +549,9 @@ fn generate_single(
 /// The handler function of a batch consumer, its startup checks and its headers flags: the
 /// batch is taken with `FromBatch` before the future is made, so that the messages it
 /// rejects are known at once, and the state with `FromContext`.
-fn generate_batch(
-    function: &ItemFn,
-    private: &TokenStream,
-    params: &[Param],
-) -> (TokenStream, Vec<TokenStream>, Vec<TokenStream>) {
+fn generate_batch(function: &ItemFn, private: &TokenStream, params: &[Param]) -> Generated {
     let ident = &function.sig.ident;
-    let bindings: Vec<_> = (0..params.len())
-        .map(|i| format_ident!("__kq_arg{i}"))
-        .collect();
+    let bindings = bindings(params);
     let take = params
         .iter()
         .zip(&bindings)
@@ -576,29 +576,13 @@ fn generate_batch(
             }),
             _ => None,
         });
-    let checks = params
-        .iter()
-        .filter_map(|param| match param {
-            Param::Extract(ty) => Some(quote_spanned! {ty.span()=>
-                <#ty as #private::FromContext<'_>>::check(__kq_ctx)?;
-            }),
-            _ => None,
-        })
-        .collect();
-    let reads_headers = params
-        .iter()
-        .filter_map(|param| match param {
-            Param::Batch(ty) => Some(quote_spanned! {ty.span()=>
-                || <#ty as #private::FromBatch<'_>>::READS_HEADERS
-            }),
-            _ => None,
-        })
-        .collect();
-    let output_span = match &function.sig.output {
-        ReturnType::Default => ident.span(),
-        ReturnType::Type(_, ty) => ty.span(),
-    };
-    let result = quote_spanned! {output_span=>
+    let checks = for_each_type(params, Param::extracted, |ty| {
+        quote_spanned! {ty.span()=> <#ty as #private::FromContext<'_>>::check(__kq_ctx)?; }
+    });
+    let reads_headers = for_each_type(params, Param::batch, |ty| {
+        quote_spanned! {ty.span()=> || <#ty as #private::FromBatch<'_>>::READS_HEADERS }
+    });
+    let result = quote_spanned! {output_span(function)=>
         (&&__kq_output).kq_batch_kind().into_batch_result(__kq_output)
     };
     let body = quote_spanned! {ident.span()=>
@@ -626,4 +610,22 @@ fn generate_batch(
         }
     };
     (handler, checks, reads_headers)
+}
+
+/// `make`'s tokens for the type of each parameter that `pick` takes one of.
+fn for_each_type(
+    params: &[Param],
+    pick: impl Fn(&Param) -> Option<&Type>,
+    make: impl Fn(&Type) -> TokenStream,
+) -> Vec<TokenStream> {
+    params.iter().filter_map(pick).map(make).collect()
+}
+
+/// Where an error about the function's result points: its return type, or its name when it
+/// has none.
+fn output_span(function: &ItemFn) -> Span {
+    match &function.sig.output {
+        ReturnType::Default => function.sig.ident.span(),
+        ReturnType::Type(_, ty) => ty.span(),
+    }
 }
