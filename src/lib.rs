@@ -46,9 +46,9 @@ pub use kq_core::{
     conf, dead_letter_headers, observe, telemetry, Acks, Assignor, BatchConf, BatchError,
     BatchHandler, BoxFuture, Compression, Delivery, DeliveryFailure, EmbeddedBroker, Error,
     ErrorHandler, FromBatch, FromContext, FromMessage, Handler, HandlerContext, HandlerError,
-    HandlerErrorKind, Headers, IntoHandlerResult, Json, KqConf, KqConfig, LoadError, LogConf,
-    Mechanism, Message, Metrics, Offset, Ordering, Outcome, Partitioner, Push, PushError, Pusher,
-    PusherConf, Queue, Rejected, RetryConf, ServiceGroup, Shutdown, State, TelemetryConf,
+    HandlerErrorKind, Headers, HoldConf, IntoHandlerResult, Json, KqConf, KqConfig, LoadError,
+    LogConf, Mechanism, Message, Metrics, Offset, Ordering, Outcome, Partitioner, Push, PushError,
+    Pusher, PusherConf, Queue, Rejected, RetryConf, ServiceGroup, Shutdown, State, TelemetryConf,
 };
 pub use kq_core::{create_topic, load_config, registered_queues, sleep, spawn};
 

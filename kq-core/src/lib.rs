@@ -28,8 +28,8 @@ pub use app::registered_queues;
 pub use batch::{BatchError, BatchHandler, FromBatch, FromContext, Rejected};
 pub use broker::{create_topic, EmbeddedBroker};
 pub use conf::{
-    Acks, Assignor, BatchConf, Batcher, Compression, KqConf, LogConf, LogEncoding, LogLevel,
-    Mechanism, Offset, Ordering, Partitioner, PusherConf, RetryConf, TelemetryConf,
+    Acks, Assignor, BatchConf, Batcher, Compression, HoldConf, KqConf, LogConf, LogEncoding,
+    LogLevel, Mechanism, Offset, Ordering, Partitioner, PusherConf, RetryConf, TelemetryConf,
 };
 pub use error::Error;
 pub use handler::{

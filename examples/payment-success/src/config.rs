@@ -16,6 +16,13 @@ pub struct Config {
     /// picks, as a call to a downstream service would (a Go duration; none by default).
     #[serde(default, deserialize_with = "kq::conf::duration::deserialize")]
     pub demo_work: std::time::Duration,
+    /// Payments of this key fail until `DemoDownFor` after the start, as when one tenant's
+    /// downstream service is down (none by default).
+    #[serde(default)]
+    pub demo_down_key: String,
+    /// How long `DemoDownKey`'s downstream is down (a Go duration).
+    #[serde(default, deserialize_with = "kq::conf::duration::deserialize")]
+    pub demo_down_for: std::time::Duration,
     pub kq_pusher_conf: kq::PusherConf,
     pub kq_consumer_conf: kq::KqConf,
 }

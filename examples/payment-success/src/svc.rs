@@ -6,6 +6,8 @@ pub struct ServiceContext {
     pub config_name: String,
     /// `DemoWork`: the longest a payment's handling waits.
     pub demo_work: std::time::Duration,
+    /// `DemoDownKey`, and until when its downstream is down.
+    demo_down: Option<(String, std::time::Instant)>,
     /// For handlers that push follow-up messages; the demo task below uses a clone.
     #[allow(dead_code)]
     pub kq_pusher_client: kq::Pusher,
@@ -20,6 +22,12 @@ impl ServiceContext {
         Ok(ServiceContext {
             config_name: c.name.clone(),
             demo_work: c.demo_work,
+            demo_down: (!c.demo_down_key.is_empty()).then(|| {
+                (
+                    c.demo_down_key.clone(),
+                    std::time::Instant::now() + c.demo_down_for,
+                )
+            }),
             kq_pusher_client,
         })
     }
@@ -57,5 +65,17 @@ impl ServiceContext {
         }
         let share = BuildHasherDefault::<DefaultHasher>::default().hash_one(payment) % 1001;
         kq::sleep(self.demo_work.mul_f64(share as f64 / 1000.0)).await;
+    }
+}
+
+impl ServiceContext {
+    /// Stands in for a downstream call that fails for `DemoDownKey` while it is down.
+    pub fn demo_downstream(&self, key: &str) -> anyhow::Result<()> {
+        match &self.demo_down {
+            Some((down, until)) if down == key && std::time::Instant::now() < *until => {
+                anyhow::bail!("downstream for {key} is down")
+            }
+            _ => Ok(()),
+        }
     }
 }

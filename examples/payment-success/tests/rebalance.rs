@@ -20,7 +20,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{real_broker, sigterm, spawn_service, stopped, unique, Scratch};
+use common::{real_broker, sigkill, sigterm, spawn_service, stopped, unique, Scratch};
 
 /// What the handler and kq log at these levels is what the checks read.
 const LOG: &str = "info,kq::consume=debug";
@@ -34,6 +34,8 @@ struct Fleet {
     lines_tx: mpsc::Sender<(usize, String)>,
     lines: mpsc::Receiver<(usize, String)>,
     members: Vec<(Child, JoinHandle<()>)>,
+    /// Members killed with SIGKILL, which exit with no code.
+    killed: HashSet<usize>,
     /// Every line printed so far, tagged with its member.
     printed: Vec<(usize, String)>,
 }
@@ -59,12 +61,18 @@ impl Fleet {
             lines_tx,
             lines,
             members: Vec::new(),
+            killed: HashSet::new(),
             printed: Vec::new(),
         }
     }
 
     /// Starts one more member, whose handlers take up to `work` each; returns its number.
     fn join(&mut self, work: Duration) -> usize {
+        self.join_with(work, "", "")
+    }
+
+    /// `join`, with lines added to the config's top level and to its consumer block.
+    fn join_with(&mut self, work: Duration, top: &str, consumer: &str) -> usize {
         let member = self.members.len();
         let Fleet {
             brokers,
@@ -74,10 +82,10 @@ impl Fleet {
         } = self;
         let yaml = format!(
             "Name: member-{member}\nHost: 0.0.0.0\nPort: 8888\nLog: {{Encoding: json}}\n\
-             DemoWork: {}ms\n\
+             DemoWork: {}ms\n{top}\
              KqPusherConf:\n  Brokers: [{brokers}]\n  Topic: {topic}\n\
              KqConsumerConf:\n  Name: kqConsumer\n  Brokers: [{brokers}]\n  Group: {group}\n  \
-             Topic: {topic}\n  Offset: first\n  MaxWait: 100ms\n",
+             Topic: {topic}\n  Offset: first\n  MaxWait: 100ms\n{consumer}",
             work.as_millis()
         );
         let file = self.scratch.file(&format!("member-{member}.yaml"), &yaml);
@@ -93,6 +101,12 @@ impl Fleet {
     /// Asks a member to stop, as a rolling deploy does; does not wait.
     fn leave(&mut self, member: usize) {
         sigterm(&mut self.members[member].0);
+    }
+
+    /// Kills a member at once, as a crash does.
+    fn kill(&mut self, member: usize) {
+        sigkill(&mut self.members[member].0);
+        self.killed.insert(member);
     }
 
     /// Waits for a member asked to stop; returns how it exited.
@@ -160,9 +174,34 @@ impl Fleet {
         }
     }
 
+    /// Collects until every message of keys other than `key` was handled, `count` of them,
+    /// for at most `limit`.
+    fn wait_for_others(&mut self, key: &str, count: usize, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        loop {
+            let handled: HashSet<String> = self
+                .printed
+                .iter()
+                .filter_map(|(_, line)| Handled::parse(0, line))
+                .filter(|h| h.key != key)
+                .map(|h| h.value)
+                .collect();
+            if handled.len() >= count {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            self.collect(Duration::from_millis(200));
+        }
+    }
+
     /// Stops the members still running, waits for every one, and reads what they printed.
     fn finish(mut self) -> Record {
         for (member, (child, _)) in self.members.iter_mut().enumerate() {
+            if self.killed.contains(&member) {
+                continue;
+            }
             if child.try_wait().unwrap().is_none() {
                 sigterm(child);
             }
@@ -628,4 +667,148 @@ fn a_final_commit_that_meets_a_rebalance_still_lands() {
         again.is_empty(),
         "handled again after the quick member stopped: {again:#?}"
     );
+}
+
+/// The flow of the hold tests: 64 keys, 940 messages each, on 8 partitions.
+const HOLD_FLOW: (usize, usize, Duration) = (64, 940, Duration::from_secs(4));
+/// The key whose downstream is down in the hold tests.
+const DOWN: &str = "k7";
+/// The consumer block of the hold tests: a failing message is retried until it succeeds, and
+/// a killed member's partitions move on within seconds.
+const HOLDING: &str =
+    "  ForceCommit: false\n  Retry: {Attempts: 3, Backoff: 100ms, MaxBackoff: 1s}\n  SessionTimeout: 6s\n";
+
+impl Record {
+    /// Messages of keys other than `key`, distinct, and the time from the first handled
+    /// message to the last of them.
+    fn others(&self, key: &str) -> (usize, Duration) {
+        let others: Vec<&Handled> = self.handled.iter().filter(|h| h.key != key).collect();
+        let distinct = others
+            .iter()
+            .map(|h| &h.value)
+            .collect::<HashSet<_>>()
+            .len();
+        let time = |at: &str| -> f64 {
+            // HH:MM:SS.ffffff of an RFC 3339 time: the tests run well within a day.
+            let clock = &at[11..at.len() - 1];
+            let mut parts = clock.split(':');
+            let h: f64 = parts.next().unwrap().parse().unwrap();
+            let m: f64 = parts.next().unwrap().parse().unwrap();
+            let s: f64 = parts.next().unwrap().parse().unwrap();
+            h * 3600.0 + m * 60.0 + s
+        };
+        let span = match (self.handled.first(), others.last()) {
+            (Some(first), Some(last)) => time(&last.at) - time(&first.at),
+            _ => 0.0,
+        };
+        (distinct, Duration::from_secs_f64(span.max(0.0)))
+    }
+
+    /// Checks order and completeness, and that what `before` finished was handled again at
+    /// most `allowed` times by the others.
+    fn check_redone(&self, name: &str, pushed: usize, before: usize, allowed_share: f64) {
+        assert_eq!(self.distinct(), pushed, "{name}: every message handled");
+        let breaks = self.order_breaks();
+        assert!(
+            breaks.is_empty(),
+            "{name}: per-key order broken: {breaks:#?}"
+        );
+        let finished: HashSet<&String> = self
+            .handled
+            .iter()
+            .filter(|h| h.member == before)
+            .map(|h| &h.value)
+            .collect();
+        let redone = self
+            .handled
+            .iter()
+            .filter(|h| h.member != before && finished.contains(&h.value))
+            .count();
+        let share = redone as f64 / finished.len().max(1) as f64;
+        eprintln!(
+            "{name}: member {before} finished {}, {redone} of them handled again ({:.2}%)",
+            finished.len(),
+            share * 100.0
+        );
+        assert!(
+            share <= allowed_share,
+            "{name}: {redone} of {} finished messages handled again",
+            finished.len()
+        );
+    }
+}
+
+/// One key's downstream is down while a backlog is read: the other keys' messages are
+/// handled at the pace of a member without the outage, the key's wait; the member is killed
+/// during the hold, and its successor handles the held key's messages, in order, and little of
+/// what was finished: the commit's offset map says what.
+#[test]
+fn a_key_down_holds_only_itself_and_a_kill_redoes_next_to_nothing() {
+    let Some(brokers) = real_broker() else {
+        return;
+    };
+    // The pace without the outage, on a topic of its own.
+    let (mut clear, pushing) = flowing("hold-clear", brokers.clone(), 8, HOLD_FLOW);
+    let pushed = pushing.join().unwrap();
+    clear.join_with(Duration::ZERO, "", HOLDING);
+    assert!(clear.wait_for_all(pushed, Duration::from_secs(90)));
+    let (_, unimpeded) = clear.finish().others(DOWN);
+
+    let (mut fleet, pushing) = flowing("hold", brokers, 8, HOLD_FLOW);
+    let pushed = pushing.join().unwrap();
+    let down = format!("DemoDownKey: {DOWN}\nDemoDownFor: 300s\n");
+    let first = fleet.join_with(Duration::ZERO, &down, HOLDING);
+    let others = pushed - pushed / HOLD_FLOW.0;
+    assert!(
+        fleet.wait_for_others(DOWN, others, Duration::from_secs(90)),
+        "the other keys' messages were not all handled during the outage"
+    );
+    // The offset maps of the last ones committed (CommitInterval 1s).
+    fleet.collect(Duration::from_secs(3));
+    fleet.kill(first);
+    let during = Record::read(&fleet.printed);
+    let (handled, took) = during.others(DOWN);
+    let pace = |n: usize, time: Duration| n as f64 / time.as_secs_f64().max(1e-3);
+    eprintln!(
+        "one key down: the other keys' {handled} messages in {took:?} ({:.0}/s); without the outage {others} in {unimpeded:?} ({:.0}/s)",
+        pace(handled, took),
+        pace(others, unimpeded)
+    );
+    assert_eq!(handled, others);
+    assert!(
+        during.handled.iter().all(|h| h.key != DOWN),
+        "the key that was down was handled"
+    );
+    // A successor with the downstream back.
+    fleet.join_with(Duration::ZERO, "", HOLDING);
+    assert!(fleet.wait_for_all(pushed, Duration::from_secs(90)));
+    let record = fleet.finish();
+    record.check_redone("kill during a hold", pushed, first, 0.02);
+}
+
+/// A second member joins while one key is held and the first member leaves by SIGTERM: the
+/// partitions move with the offset maps of their commits, and the second member skips what
+/// the first finished.
+#[test]
+fn a_rebalance_during_a_hold_hands_over_what_was_finished() {
+    let Some(brokers) = real_broker() else {
+        return;
+    };
+    let (mut fleet, pushing) = flowing("hold-move", brokers, 8, HOLD_FLOW);
+    let pushed = pushing.join().unwrap();
+    let down = format!("DemoDownKey: {DOWN}\nDemoDownFor: 300s\n");
+    let first = fleet.join_with(Duration::ZERO, &down, HOLDING);
+    let others = pushed - pushed / HOLD_FLOW.0;
+    assert!(fleet.wait_for_others(DOWN, others, Duration::from_secs(90)));
+    fleet.collect(Duration::from_secs(2));
+    let second = fleet.join_with(Duration::ZERO, "", HOLDING);
+    assert!(
+        fleet.wait_for(second, "partitions assigned", Duration::from_secs(30)),
+        "the second member got no partitions"
+    );
+    fleet.leave(first);
+    assert_eq!(fleet.stopped(first).code(), Some(0));
+    assert!(fleet.wait_for_all(pushed, Duration::from_secs(90)));
+    let record = fleet.finish();
+    record.check_redone("rebalance during a hold", pushed, first, 0.02);
 }

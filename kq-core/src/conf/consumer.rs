@@ -77,6 +77,35 @@ impl Default for BatchConf {
     }
 }
 
+/// What waits behind held keys at most: the `Hold` block. A message that failed and waits to
+/// run again holds only the messages of its key (under `Ordering: key`; of its partition under
+/// `partition`), and they leave the queue to wait, so that the member goes on taking other
+/// keys' messages; these bound them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct HoldConf {
+    /// Messages out of the queue at most: held ones and those waiting behind them.
+    pub messages: usize,
+    /// Their keys' and values' bytes at most.
+    pub bytes: usize,
+}
+
+impl HoldConf {
+    fn validate(&self) -> Result<(), InvalidConf> {
+        at_least("Hold.Messages", self.messages, 1)?;
+        at_least("Hold.Bytes", self.bytes, 1)
+    }
+}
+
+impl Default for HoldConf {
+    fn default() -> Self {
+        HoldConf {
+            messages: 10_000,
+            bytes: 16 << 20,
+        }
+    }
+}
+
 impl Default for RetryConf {
     fn default() -> Self {
         RetryConf {
@@ -158,6 +187,9 @@ with_connection_keys! {
         /// A batch consumer's batches: `Batch.Size` and `Batch.Wait`.
         #[serde(default)]
         pub batch: BatchConf,
+        /// What may wait behind held keys: `Hold.Messages` and `Hold.Bytes`.
+        #[serde(default)]
+        pub hold: HoldConf,
         /// Where a message goes once its retries are exhausted, if anywhere. It is committed past
         /// only once it is written there; a failed write is tried again every `Retry.MaxBackoff`.
         #[serde(default)]
@@ -214,6 +246,7 @@ impl KqConf {
             ordering: Ordering::default(),
             retry: RetryConf::default(),
             batch: BatchConf::default(),
+            hold: HoldConf::default(),
             dead_letter_topic: String::new(),
             shutdown_timeout: defaults::shutdown_timeout(),
             assignor: Assignor::default(),
@@ -252,6 +285,7 @@ impl KqConf {
         at_least("Retry.Attempts", self.retry.attempts as usize, 1)?;
         self.retry.validate()?;
         self.batch.validate()?;
+        self.hold.validate()?;
         // librdkafka's ranges for `fetch.wait.max.ms`, `auto.commit.interval.ms` and
         // `session.timeout.ms`.
         at_most("MaxWait", self.max_wait, Duration::from_secs(300))?;
@@ -311,6 +345,7 @@ impl fmt::Debug for KqConf {
             .field("ordering", &self.ordering)
             .field("retry", &self.retry)
             .field("batch", &self.batch)
+            .field("hold", &self.hold)
             .field("dead_letter_topic", &self.dead_letter_topic)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("assignor", &self.assignor)

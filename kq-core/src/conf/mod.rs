@@ -22,7 +22,7 @@ mod validate;
 pub(crate) use connection::Connection;
 pub use connection::EMBEDDED;
 pub(crate) use consumer::MAX_COMMIT_INTERVAL;
-pub use consumer::{BatchConf, KqConf, RetryConf};
+pub use consumer::{BatchConf, HoldConf, KqConf, RetryConf};
 pub use keywords::{
     Acks, Assignor, Batcher, Compression, LogEncoding, LogLevel, Mechanism, Offset, Ordering,
     Partitioner,

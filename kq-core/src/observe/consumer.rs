@@ -28,6 +28,8 @@ pub(crate) struct ConsumerMetrics {
     batch_seconds: Histogram,
     in_flight: Gauge,
     commits: Counter,
+    skipped: Counter,
+    offset_map_too_large: Counter,
     stats: Mutex<StatWindow>,
 }
 
@@ -50,6 +52,10 @@ impl ConsumerMetrics {
         let consumer = ConsumerLabels {
             consumer: name.into(),
         };
+        let topic_labels = TopicLabels {
+            consumer: name.into(),
+            topic: topic.into(),
+        };
         Some(Arc::new(ConsumerMetrics {
             name: name.into(),
             topic: topic.into(),
@@ -58,13 +64,9 @@ impl ConsumerMetrics {
             batch_size: o.batch_size.get_or_create(&consumer).clone(),
             batch_seconds: o.batch_seconds.get_or_create(&consumer).clone(),
             in_flight: o.in_flight.get_or_create(&consumer).clone(),
-            commits: o
-                .commits
-                .get_or_create(&TopicLabels {
-                    consumer: name.into(),
-                    topic: topic.into(),
-                })
-                .clone(),
+            commits: o.commits.get_or_create(&topic_labels).clone(),
+            skipped: o.skipped.get_or_create(&topic_labels).clone(),
+            offset_map_too_large: o.offset_map_too_large.get_or_create(&topic_labels).clone(),
             stats: Mutex::default(),
         }))
     }
@@ -111,6 +113,16 @@ impl ConsumerMetrics {
 
     pub fn committed(&self) {
         self.commits.inc();
+    }
+
+    /// Messages a previous owner finished, per the commit's offset map, not handled again.
+    pub fn skipped(&self, messages: u64) {
+        self.skipped.inc_by(messages);
+    }
+
+    /// A commit that carried the plain watermark: its offset map did not fit.
+    pub fn offset_map_too_large(&self) {
+        self.offset_map_too_large.inc();
     }
 
     pub fn rebalanced(&self, kind: &'static str) {

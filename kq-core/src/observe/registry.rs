@@ -60,6 +60,8 @@ pub(super) struct Observer {
     pub(super) in_flight: Family<ConsumerLabels, Gauge>,
     pub(super) lag: Family<PartitionLabels, Gauge>,
     pub(super) commits: Family<TopicLabels, Counter>,
+    pub(super) skipped: Family<TopicLabels, Counter>,
+    pub(super) offset_map_too_large: Family<TopicLabels, Counter>,
     pub(super) rebalances: Family<RebalanceLabels, Counter>,
     pub(super) pushed: Family<PusherLabels, Counter>,
     pub(super) push_failed: Family<PusherLabels, Counter>,
@@ -118,6 +120,18 @@ pub(super) fn observer() -> &'static Observer {
             "Offset commits sent on CommitInterval, and confirmed ones on revoke and stop",
             commits.clone(),
         );
+        let skipped = Family::<TopicLabels, Counter>::default();
+        registry.register(
+            "skipped",
+            "Messages not handled again on assignment: the commit's offset map says they were finished",
+            skipped.clone(),
+        );
+        let offset_map_too_large = Family::<TopicLabels, Counter>::default();
+        registry.register(
+            "offset_map_too_large",
+            "Commits whose offset map did not fit the broker's metadata limit: they carried the plain watermark",
+            offset_map_too_large.clone(),
+        );
         let rebalances = Family::<RebalanceLabels, Counter>::default();
         registry.register(
             "rebalances",
@@ -145,6 +159,8 @@ pub(super) fn observer() -> &'static Observer {
             in_flight,
             lag,
             commits,
+            skipped,
+            offset_map_too_large,
             rebalances,
             pushed,
             push_failed,

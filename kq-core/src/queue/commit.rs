@@ -17,11 +17,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::bindings as rdsys;
-use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::offsets::PartitionState;
+use super::offset_map::{self, Finished, TooLarge};
+use super::offsets::{CommitPoint, PartitionState};
 use crate::observe::ConsumerMetrics;
 
 /// How long a commit that meets a deadline already passed still gets: a member that spent its
@@ -31,24 +32,212 @@ const LAST_TRY: Duration = Duration::from_secs(1);
 const FIRST_PAUSE: Duration = Duration::from_millis(50);
 const MAX_PAUSE: Duration = Duration::from_millis(500);
 
-/// Stores the watermarks that moved since the last call, for librdkafka's next auto-commit.
+/// A partition's commit: its watermark, and the offset map of what finished above it.
+#[derive(Debug)]
+pub(crate) struct Mark {
+    pub partition: i32,
+    pub offset: i64,
+    pub map: Option<String>,
+}
+
+impl Mark {
+    /// The mark of `partition` at `point`; an offset map too large to fit is left out and
+    /// counted.
+    fn of(
+        partition: i32,
+        (offset, map): CommitPoint,
+        topic: &str,
+        metrics: Option<&ConsumerMetrics>,
+    ) -> Mark {
+        let map = map.unwrap_or_else(|TooLarge| {
+            tracing::debug!(
+                topic,
+                partition,
+                offset,
+                "the offset map does not fit the commit's metadata; committing the plain watermark"
+            );
+            if let Some(metrics) = metrics {
+                metrics.offset_map_too_large();
+            }
+            None
+        });
+        Mark {
+            partition,
+            offset,
+            map,
+        }
+    }
+}
+
+/// The list of `marks`, each with its offset map as metadata.
+fn list_of(topic: &str, marks: &[Mark]) -> TopicPartitionList {
+    let mut list = TopicPartitionList::with_capacity(marks.len());
+    for mark in marks {
+        let mut element = list.add_partition(topic, mark.partition);
+        // Only fails for an invalid offset, which a watermark never is.
+        let _ = element.set_offset(Offset::Offset(mark.offset));
+        if let Some(map) = &mark.map {
+            element.set_metadata(map);
+        }
+    }
+    list
+}
+
+/// Stores the watermarks that moved since the last call, with their offset maps, for
+/// librdkafka's next auto-commit.
 pub(crate) fn store_moved<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
     states: &[Arc<PartitionState>],
+    metrics: Option<&ConsumerMetrics>,
 ) {
-    let mut list = TopicPartitionList::with_capacity(states.len());
-    for state in states {
-        if let Some(mark) = state.take_store() {
-            // Only fails for an invalid offset, which a watermark never is.
-            let _ = list.add_partition_offset(topic, state.partition(), Offset::Offset(mark));
-        }
-    }
-    if list.count() > 0 {
-        if let Err(e) = consumer.store_offsets(&list) {
+    let marks: Vec<Mark> = states
+        .iter()
+        .filter_map(|state| {
+            let point = state.take_store()?;
+            Some(Mark::of(state.partition(), point, topic, metrics))
+        })
+        .collect();
+    if !marks.is_empty() {
+        if let Err(e) = consumer.store_offsets(&list_of(topic, &marks)) {
             // Only a partition no longer assigned refuses a store: it is not this member's.
             tracing::debug!(topic, error = %e, "storing watermarks failed");
         }
+    }
+}
+
+/// Commits the offset maps that changed while their watermarks stayed, as while a key is
+/// held: librdkafka's auto-commit sends nothing for an offset it has committed already. The
+/// commit is asynchronous; its answer comes to the member's commit callback.
+pub(crate) fn commit_changed_maps<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    states: &[Arc<PartitionState>],
+    metrics: Option<&ConsumerMetrics>,
+) {
+    let marks: Vec<Mark> = states
+        .iter()
+        .filter_map(|state| {
+            let point = state.take_map_change()?;
+            Some(Mark::of(state.partition(), point, topic, metrics))
+        })
+        .filter(|mark| mark.map.is_some())
+        .collect();
+    if !marks.is_empty() {
+        if let Err(e) = consumer.commit(&list_of(topic, &marks), CommitMode::Async) {
+            tracing::debug!(topic, error = %e, "committing offset maps failed");
+        }
+    }
+}
+
+/// The offset maps committed for `partitions`, read from the group's coordinator as they are
+/// assigned: for each partition whose committed offset carries a record of kq's that holds up
+/// against the partition (see `offset_map::decode`), the messages a previous owner finished
+/// above it. A record that does not hold up is ignored with a warning; one that cannot be
+/// read leaves every message after the committed offset to be handled.
+pub(crate) fn committed_maps<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partitions: &[i32],
+    wait: Duration,
+) -> Vec<(i32, Finished)> {
+    let mut list = TopicPartitionList::with_capacity(partitions.len());
+    for &partition in partitions {
+        list.add_partition(topic, partition);
+    }
+    let committed = match consumer.committed_offsets(list, wait) {
+        Ok(committed) => committed,
+        Err(error) => {
+            tracing::warn!(
+                topic,
+                ?partitions,
+                %error,
+                "the committed offset maps could not be read: every message after the committed offsets is handled"
+            );
+            return Vec::new();
+        }
+    };
+    let mut maps = Vec::new();
+    for (partition, offset, metadata) in committed_metadata(&committed) {
+        let (Offset::Offset(offset), Some(metadata)) = (offset, metadata) else {
+            continue;
+        };
+        // Commit metadata is text to Kafka; anything else is not kq's.
+        let Ok(text) = std::str::from_utf8(&metadata) else {
+            continue;
+        };
+        // Whether it is a record at all, before asking the broker for the partition's end.
+        if !matches!(
+            offset_map::decode(text, offset, i64::MAX),
+            Ok(Some(_)) | Err(_)
+        ) {
+            continue;
+        }
+        let end = match consumer.fetch_watermarks(topic, partition, wait) {
+            Ok((_, high)) => high,
+            Err(error) => {
+                tracing::warn!(
+                    topic,
+                    partition,
+                    %error,
+                    "the partition's end could not be read: its committed offset map is ignored"
+                );
+                continue;
+            }
+        };
+        match offset_map::decode(text, offset, end) {
+            Ok(Some(finished)) => {
+                tracing::debug!(
+                    topic,
+                    partition,
+                    offset,
+                    finished = finished.len(),
+                    "skipping the messages the committed offset map says were finished"
+                );
+                maps.push((partition, finished));
+            }
+            Ok(None) => {}
+            Err(invalid) => tracing::warn!(
+                topic,
+                partition,
+                offset,
+                reason = %invalid,
+                "ignoring the committed offset map: every message after the committed offset is handled"
+            ),
+        }
+    }
+    maps
+}
+
+/// Each element's partition, offset and metadata, read as bytes: rdkafka's accessor panics on
+/// metadata that is not UTF-8, and a commit's metadata is anyone's to write.
+fn committed_metadata(list: &TopicPartitionList) -> Vec<(i32, Offset, Option<Vec<u8>>)> {
+    // SAFETY: `list` owns its elements for as long as it is borrowed; each element's metadata
+    // is `metadata_size` bytes when not null.
+    unsafe {
+        let raw = &*list.ptr();
+        let count = usize::try_from(raw.cnt).unwrap_or(0);
+        if raw.elems.is_null() || count == 0 {
+            return Vec::new();
+        }
+        std::slice::from_raw_parts(raw.elems, count)
+            .iter()
+            .map(|element| {
+                let metadata =
+                    (!element.metadata.is_null() && element.metadata_size > 0).then(|| {
+                        std::slice::from_raw_parts(
+                            element.metadata.cast::<u8>(),
+                            element.metadata_size,
+                        )
+                        .to_vec()
+                    });
+                (
+                    element.partition,
+                    Offset::from_raw(element.offset),
+                    metadata,
+                )
+            })
+            .collect()
     }
 }
 
@@ -152,20 +341,26 @@ pub(crate) fn save<C: ConsumerContext>(
     let mut pause = FIRST_PAUSE;
     let mut first = true;
     loop {
-        let marks: Vec<(i32, i64)> = owned()
+        let points: Vec<Mark> = owned()
             .iter()
-            .filter_map(|state| Some((state.partition(), state.watermark()?)))
+            .filter_map(|state| {
+                let point = state.commit_point()?;
+                Some(Mark::of(state.partition(), point, topic, metrics))
+            })
             .collect();
+        let marks: Vec<(i32, i64)> = points.iter().map(|m| (m.partition, m.offset)).collect();
         if marks.is_empty() {
             return Ok(marks);
         }
         // librdkafka commits a partition's stored offset when it is unassigned: that one must
         // never be older than what kq commits here.
-        store(consumer, topic, &marks);
+        if let Err(e) = consumer.store_offsets(&list_of(topic, &points)) {
+            tracing::debug!(topic, error = %e, "storing offsets failed");
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         let wait = if first { left.max(LAST_TRY) } else { left };
         first = false;
-        let error = match commit_and_wait(consumer, topic, &marks, wait) {
+        let error = match commit_and_wait(consumer, &list_of(topic, &points), wait) {
             Ok(()) => {
                 tracing::debug!(topic, offsets = ?marks, "committed");
                 if let Some(metrics) = metrics {
@@ -228,14 +423,6 @@ pub(crate) fn forget<C: ConsumerContext>(
     store_list(consumer, topic, &marks);
 }
 
-fn store<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, marks: &[(i32, i64)]) {
-    let marks: Vec<(i32, Offset)> = marks
-        .iter()
-        .map(|&(p, mark)| (p, Offset::Offset(mark)))
-        .collect();
-    store_list(consumer, topic, &marks);
-}
-
 fn store_list<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
@@ -258,14 +445,9 @@ fn store_list<C: ConsumerContext>(
 /// Returns the first error, the request's or a partition's.
 fn commit_and_wait<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
-    topic: &str,
-    marks: &[(i32, i64)],
+    list: &TopicPartitionList,
     wait: Duration,
 ) -> Result<(), RDKafkaErrorCode> {
-    let mut list = TopicPartitionList::with_capacity(marks.len());
-    for &(partition, mark) in marks {
-        let _ = list.add_partition_offset(topic, partition, Offset::Offset(mark));
-    }
     let client = consumer.client().native_ptr();
     let timeout_ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: `client` is the live consumer's handle for the whole block. The queue is ours

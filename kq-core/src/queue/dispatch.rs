@@ -321,6 +321,13 @@ impl Intake {
         self.lanes.room.made(left);
     }
 
+    /// Gives up the places in the queue of `count` messages that leave it to wait on a hold
+    /// (see `holds`), which has room of its own for them.
+    pub fn set_aside(&self, count: usize) {
+        let left = self.in_flight.fetch_sub(count, AtomicOrdering::SeqCst) - count;
+        self.lanes.room.made(left);
+    }
+
     /// Hands runs' emptied message vectors back to the fetch thread, leaving `emptied` empty.
     pub fn recycle(&self, emptied: &mut Vec<Vec<Message>>) {
         debug_assert!(emptied.iter().all(Vec::is_empty));

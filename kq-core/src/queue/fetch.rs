@@ -28,6 +28,7 @@ use super::buffers::BufferPool;
 use super::commit;
 use super::dispatch::{self, Dispatcher};
 use super::fetched::{FetchQueue, NativeMessage, Taken};
+use super::holds::Holds;
 use super::offsets::PartitionState;
 use super::processor;
 use super::rebalance::{Member, MemberContext};
@@ -72,7 +73,7 @@ const WINDOW_CHECK: Duration = Duration::from_micros(200);
 /// spread over every lane, and the partition's watermark waits for the busiest one. A window
 /// no larger than the queue left the other processors idle meanwhile. The window holds
 /// offsets, 16 bytes each; the messages themselves stay bounded by `QueueCapacity`.
-const WINDOW_PER_CAPACITY: usize = 4;
+const WINDOW_PER_CAPACITY: usize = 32;
 /// librdkafka keeps this many times `QueueCapacity` messages fetched ahead (see
 /// `prefetch_messages`).
 const PREFETCH_PER_CAPACITY: usize = 20;
@@ -177,9 +178,16 @@ pub(crate) fn spawn_member(
         member.in_flight.clone(),
         member.buffers.clone(),
     );
+    let holds = Holds::new(conf.hold.clone());
     for intake in intakes {
-        tokio::spawn(processor::run(queue.clone(), intake, shutdown.clone()));
+        tokio::spawn(processor::run(
+            queue.clone(),
+            intake,
+            shutdown.clone(),
+            holds.clone(),
+        ));
     }
+
     tokio::spawn(dispatch::announcer(&dispatcher));
 
     let (stopped_tx, stopped_rx) = oneshot::channel();
@@ -192,6 +200,7 @@ pub(crate) fn spawn_member(
         check_text: queue.reads_text(),
     };
     let fetch = FetchLoop {
+        holds,
         burst: burst(&queue),
         copier,
         taken: Taken::default(),
@@ -459,6 +468,8 @@ struct FetchLoop {
     stash: Stash<Fetched>,
     /// Messages handed to the lanes at most per round.
     burst: usize,
+    /// The member's holds, whose tasks may die as processors may.
+    holds: Arc<Holds>,
     fetch_queue: Arc<FetchQueue>,
     member: Arc<Member>,
     consumer: BaseConsumer<MemberContext>,
@@ -488,7 +499,7 @@ impl FetchLoop {
         );
         let mut result = Ok(());
         while !self.shutdown.is_triggered() {
-            if self.dispatcher.processor_lost() {
+            if self.dispatcher.processor_lost() || self.holds.lost() {
                 // What the processor had started or was given can never finish, and its
                 // partitions' commits would wait on it for good: stop, commit what is done,
                 // and let the next owner deliver the rest again.
@@ -610,9 +621,24 @@ impl FetchLoop {
             dispatcher,
             copier,
             burst,
+            member,
             ..
         } = self;
+        let metrics = member.queue.observed.as_deref();
         let dispatched = stash.serve(room.member.min(*burst), |partition, fetched| {
+            let offset = match &fetched {
+                Fetched::Native(native) => native.offset(),
+                Fetched::Copied(msg) => msg.offset(),
+            };
+            // A previous owner finished it (the committed offset map says so): done already.
+            if partition.finished_before(offset) {
+                dispatcher.record_fetched();
+                partition.fetched_done(offset);
+                if let Some(metrics) = metrics {
+                    metrics.skipped(1);
+                }
+                return Ok(());
+            }
             if !room.take(partition, dispatcher) {
                 return Err(fetched);
             }
@@ -652,10 +678,23 @@ impl FetchLoop {
         let interval = self.member.queue.conf.commit_interval;
         if self.last_store.elapsed() >= interval.min(STORE_EVERY) {
             self.last_store = Instant::now();
-            commit::store_moved(&self.consumer, self.member.topic, &self.member.owned());
+            let metrics = self.member.queue.observed.as_deref();
+            commit::store_moved(
+                &self.consumer,
+                self.member.topic,
+                &self.member.owned(),
+                metrics,
+            );
         }
         if self.last_upkeep.elapsed() >= interval {
             self.last_upkeep = Instant::now();
+            let metrics = self.member.queue.observed.as_deref();
+            commit::commit_changed_maps(
+                &self.consumer,
+                self.member.topic,
+                &self.member.owned(),
+                metrics,
+            );
             // A route lost to a race with a stop is set again (see `route_again`).
             self.fetch_queue.route_again();
         }

@@ -255,6 +255,12 @@ impl NativeMessage {
         unsafe { self.0.as_ref().partition }
     }
 
+    /// Its offset.
+    pub fn offset(&self) -> i64 {
+        // SAFETY: a live message.
+        unsafe { self.0.as_ref().offset }
+    }
+
     /// The bytes of its key and value.
     pub fn len(&self) -> usize {
         // SAFETY: a live message.

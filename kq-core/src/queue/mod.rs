@@ -22,6 +22,8 @@ mod commit;
 mod dispatch;
 mod fetch;
 mod fetched;
+mod holds;
+mod offset_map;
 mod offsets;
 mod processor;
 mod stash;

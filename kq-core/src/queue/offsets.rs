@@ -6,10 +6,15 @@
 //! kq commits only the watermark.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::offset_map::{self, Finished, TooLarge};
 use crate::sync::lock;
+
+/// What a commit of a partition carries: its watermark, and the offset map of the messages
+/// finished above it (`None` when there are none; `TooLarge` when it would not fit).
+pub(crate) type CommitPoint = (i64, Result<Option<String>, TooLarge>);
 
 #[derive(Debug)]
 struct Progress {
@@ -19,6 +24,8 @@ struct Progress {
     next: i64,
     /// The last watermark stored for librdkafka's commits.
     stored: i64,
+    /// A message above the watermark finished since the offset map was last taken.
+    map_changed: bool,
 }
 
 /// One assignment of one partition to this group member. A revoked partition that comes
@@ -37,6 +44,11 @@ pub(crate) struct PartitionState {
     /// `progress.window.len()`, readable without the lock.
     window_len: AtomicUsize,
     progress: Mutex<Progress>,
+    /// Offsets a previous owner finished, per the offset map committed with the offset this
+    /// assignment started from: skipped as they are fetched again.
+    finished_before: Mutex<Finished>,
+    /// The offset after the last of them, readable without the lock; `i64::MIN` for none.
+    finished_before_end: AtomicI64,
 }
 
 impl PartitionState {
@@ -50,8 +62,38 @@ impl PartitionState {
                 window: VecDeque::new(),
                 next: -1,
                 stored: -1,
+                map_changed: false,
             }),
+            finished_before: Mutex::default(),
+            finished_before_end: AtomicI64::new(i64::MIN),
         })
+    }
+
+    /// Takes the offsets a previous owner finished, to skip them as they are fetched.
+    pub fn skip_finished(&self, finished: Finished) {
+        let end = finished.end().unwrap_or(i64::MIN);
+        *lock(&self.finished_before) = finished;
+        self.finished_before_end.store(end, Ordering::Release);
+    }
+
+    /// Whether a previous owner finished `offset`. Asked of each offset fetched, ascending.
+    pub fn finished_before(&self, offset: i64) -> bool {
+        if offset >= self.finished_before_end.load(Ordering::Acquire) {
+            return false;
+        }
+        lock(&self.finished_before).take(offset)
+    }
+
+    /// Records a fetched offset that is done already (a previous owner finished it): in the
+    /// window, and so in the offset map, as done.
+    pub fn fetched_done(&self, offset: i64) {
+        let mut p = self.progress();
+        if !p.window.is_empty() {
+            p.window.push_back((offset, true));
+            p.map_changed = true;
+        }
+        p.next = offset + 1;
+        self.window_len.store(p.window.len(), Ordering::Release);
     }
 
     pub fn partition(&self) -> i32 {
@@ -101,6 +143,8 @@ impl PartitionState {
             for &offset in offsets {
                 if let Some(i) = position(&p.window, offset) {
                     p.window[i].1 = true;
+                    // Above the watermark, it changes the offset map.
+                    p.map_changed |= i > 0;
                 }
             }
             while matches!(p.window.front(), Some((_, true))) {
@@ -118,22 +162,51 @@ impl PartitionState {
     }
 
     /// The offset to commit: the first one not done, or one past the last fetched.
+    #[cfg(test)]
     pub fn watermark(&self) -> Option<i64> {
         let p = self.progress();
         watermark_of(&p)
     }
 
-    /// The watermark if it moved since the last call, recording it as stored. librdkafka
-    /// sends a stored offset again until a commit of it succeeds.
-    pub fn take_store(&self) -> Option<i64> {
-        let mut p = self.progress();
-        let mark = watermark_of(&p)?;
-        if mark > p.stored {
+    /// The commit point if the watermark moved since the last call, recording it as stored.
+    /// librdkafka sends a stored offset again until a commit of it succeeds.
+    pub fn take_store(&self) -> Option<CommitPoint> {
+        let (mark, finished) = {
+            let mut p = self.progress();
+            let mark = watermark_of(&p)?;
+            if mark <= p.stored {
+                return None;
+            }
             p.stored = mark;
-            Some(mark)
-        } else {
-            None
-        }
+            p.map_changed = false;
+            (mark, finished_above(&p))
+        };
+        Some((mark, offset_map::encode(mark, finished)))
+    }
+
+    /// The commit point if the watermark has not moved since it was stored but the offset map
+    /// has: librdkafka sends no commit for an offset it committed already, so kq sends this
+    /// one itself.
+    pub fn take_map_change(&self) -> Option<CommitPoint> {
+        let (mark, finished) = {
+            let mut p = self.progress();
+            let mark = watermark_of(&p)?;
+            if !p.map_changed || mark != p.stored {
+                return None;
+            }
+            p.map_changed = false;
+            (mark, finished_above(&p))
+        };
+        Some((mark, offset_map::encode(mark, finished)))
+    }
+
+    /// The commit point now, for a commit kq sends itself.
+    pub fn commit_point(&self) -> Option<CommitPoint> {
+        let (mark, finished) = {
+            let p = self.progress();
+            (watermark_of(&p)?, finished_above(&p))
+        };
+        Some((mark, offset_map::encode(mark, finished)))
     }
 
     /// Offsets fetched but not yet below the watermark.
@@ -154,6 +227,15 @@ impl PartitionState {
     pub fn is_revoked(&self) -> bool {
         self.revoked.load(Ordering::SeqCst)
     }
+}
+
+/// The offsets finished above the watermark, ascending.
+fn finished_above(p: &Progress) -> Vec<i64> {
+    p.window
+        .iter()
+        .filter(|&&(_, done)| done)
+        .map(|&(offset, _)| offset)
+        .collect()
 }
 
 fn watermark_of(p: &Progress) -> Option<i64> {
@@ -236,12 +318,12 @@ mod tests {
     #[test]
     fn take_store_reports_each_watermark_once() {
         let state = fetched(0..3);
-        assert_eq!(state.take_store(), Some(0));
+        assert_eq!(state.take_store(), Some((0, Ok(None))));
         assert_eq!(state.take_store(), None);
         state.enter(2);
         state.finish_all(&[0]);
         state.finish_all(&[1]);
-        assert_eq!(state.take_store(), Some(2));
+        assert_eq!(state.take_store(), Some((2, Ok(None))));
         assert_eq!(state.take_store(), None);
     }
 
@@ -257,6 +339,44 @@ mod tests {
         state.skip(2);
         assert_eq!(state.running(), 0);
         assert_eq!(state.watermark(), Some(1));
+    }
+
+    #[test]
+    fn what_finished_above_the_watermark_travels_in_its_offset_map() {
+        let state = fetched(10..20);
+        state.enter(10);
+        state.finish_all(&[12, 13, 15]);
+        let (mark, record) = state.take_store().unwrap();
+        assert_eq!(mark, 10);
+        let text = record.unwrap().unwrap();
+        let mut finished = offset_map::decode(&text, 10, 20).unwrap().unwrap();
+        let skipped: Vec<i64> = (10..20).filter(|&o| finished.take(o)).collect();
+        assert_eq!(skipped, [12, 13, 15]);
+        // The watermark stays; the map changes, and is taken once.
+        assert_eq!(state.take_store(), None);
+        assert_eq!(state.take_map_change(), None);
+        state.finish_all(&[18]);
+        let (mark, record) = state.take_map_change().unwrap();
+        assert_eq!(mark, 10);
+        assert!(record.unwrap().is_some());
+        assert_eq!(state.take_map_change(), None);
+    }
+
+    #[test]
+    fn offsets_a_previous_owner_finished_are_skipped_and_count_as_done() {
+        let state = fetched(10..11);
+        let text = offset_map::encode(10, [11, 12]).unwrap().unwrap();
+        state.skip_finished(offset_map::decode(&text, 10, 20).unwrap().unwrap());
+        assert!(!state.finished_before(10));
+        assert!(state.finished_before(11));
+        state.fetched_done(11);
+        assert!(state.finished_before(12));
+        state.fetched_done(12);
+        assert!(!state.finished_before(13));
+        assert_eq!(state.watermark(), Some(10));
+        state.enter(1);
+        state.finish_all(&[10]);
+        assert_eq!(state.watermark(), Some(13));
     }
 
     #[test]

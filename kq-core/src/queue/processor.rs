@@ -1,7 +1,8 @@
 //! Processors: run the handler for each job under the error policy — retries with backoff,
 //! then the dead-letter topic if there is one (its write tried until it succeeds), otherwise
-//! commit past it (`ForceCommit: true`) or hold the partition and keep trying
-//! (`ForceCommit: false`). A panic is a failure like any other.
+//! commit past it (`ForceCommit: true`) or hold it and keep trying (`ForceCommit: false`). A
+//! panic is a failure like any other. A message that failed leaves its processor for a task of
+//! its own, which holds only the messages that must run after it (see `holds`).
 
 use std::future::{poll_fn, Future as _};
 use std::panic::AssertUnwindSafe;
@@ -15,6 +16,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use tracing::Instrument as _;
 
 use super::dispatch::Intake;
+use super::holds::{self, Holds, Unit, Waiting};
 use super::offsets::PartitionState;
 use super::timing::{self, Recorder};
 use super::{Consume, Outcome, QueueShared};
@@ -54,12 +56,17 @@ pub(super) enum Settled {
 /// Application code runs under guards of its own, so a panic that reaches this far is kq's, or
 /// comes from what kq calls on the way (a `tracing` subscriber). It is logged here; the intake
 /// drops with the processor, and its member stops when it sees that.
-pub(crate) async fn run(queue: Arc<QueueShared>, intake: Intake, shutdown: Shutdown) {
+pub(crate) async fn run(
+    queue: Arc<QueueShared>,
+    intake: Intake,
+    shutdown: Shutdown,
+    holds: Arc<Holds>,
+) {
     let name = queue.name.clone();
     let work = match &queue.consume {
         Consume::Each(handler) => {
             let handler = handler.clone();
-            run_lanes(queue, handler, intake, shutdown).boxed()
+            run_lanes(queue, handler, intake, shutdown, holds).boxed()
         }
         Consume::Batch(handler) => {
             let handler = handler.clone();
@@ -80,7 +87,9 @@ async fn run_lanes(
     handler: Arc<dyn Handler>,
     mut intake: Intake,
     shutdown: Shutdown,
+    holds: Arc<Holds>,
 ) {
+    let ordering = queue.conf.effective_ordering();
     // Offsets done and not yet reported to their partition: reported once per run of
     // messages, or before waiting on a handler, rather than one lock per message.
     let mut finished = Vec::new();
@@ -105,6 +114,15 @@ async fn run_lanes(
                     released.push(msg.into_bytes());
                     continue;
                 }
+                // A message of a held key waits behind the held one, out of the lane.
+                let msg = if holds.none() {
+                    msg
+                } else {
+                    match set_aside(&holds, ordering, msg, partition, &intake, &shutdown).await {
+                        Some(msg) => msg,
+                        None => continue,
+                    }
+                };
                 recorder.begin();
                 let first = {
                     let span = trace::message_span(&queue.name, &queue.conf.group, &msg);
@@ -146,25 +164,39 @@ async fn run_lanes(
                         started,
                         span,
                     } => {
-                        // The error policy may wait: what is done must not wait behind it.
+                        // What is done must not wait behind its retries.
                         report(partition, &mut finished, &intake, &mut released);
                         recorder.report();
-                        let settled = recover(
-                            &queue, &*handler, partition, &msg, &shutdown, started, error,
-                        )
-                        .instrument(span)
-                        .await;
-                        match settled {
-                            Settled::Done(outcome, started) => {
-                                recorder.record(outcome, started);
-                                finished.push(msg.offset());
-                            }
-                            Settled::Abandoned => {
-                                // Its retries' waits are no part of the next message's time.
-                                recorder.forget_clock();
-                                partition.abandon();
-                            }
+                        // Its retries' waits are no part of the next message's time.
+                        recorder.forget_clock();
+                        let unit = Unit::of(ordering, &msg);
+                        if !holds.take_room(holds::size_of(&msg), shutdown.wait()).await {
+                            partition.abandon();
+                            released.push(msg.into_bytes());
+                            continue;
                         }
+                        if let Some(unit) = &unit {
+                            holds.hold(unit.clone());
+                        }
+                        intake.set_aside(1);
+                        let failed = Failed {
+                            waiting: Waiting {
+                                msg,
+                                partition: partition.clone(),
+                            },
+                            error,
+                            started,
+                        };
+                        let held = run_held(
+                            queue.clone(),
+                            handler.clone(),
+                            holds.clone(),
+                            shutdown.clone(),
+                            unit,
+                            failed,
+                        );
+                        tokio::spawn(guard_held(queue.clone(), holds.clone(), held, span));
+                        continue;
                     }
                 }
                 released.push(msg.into_bytes());
@@ -180,6 +212,134 @@ async fn run_lanes(
         intake.done(&mut released);
         intake.recycle(&mut emptied);
         recorder.report();
+    }
+}
+
+/// Sets `msg` aside behind its unit's hold, if its unit is held; gives it back otherwise, or
+/// `None` when it was set aside or the service stops while it waits for room.
+async fn set_aside(
+    holds: &Holds,
+    ordering: crate::conf::Ordering,
+    msg: Message,
+    partition: &Arc<PartitionState>,
+    intake: &Intake,
+    shutdown: &Shutdown,
+) -> Option<Message> {
+    let Some(unit) = Unit::of(ordering, &msg).filter(|unit| holds.is_held(unit)) else {
+        return Some(msg);
+    };
+    let size = holds::size_of(&msg);
+    if !holds.take_room(size, shutdown.wait()).await {
+        // Stopping: the message is not started; the next owner handles it.
+        partition.skip(1);
+        return None;
+    }
+    let waiting = Waiting {
+        msg,
+        partition: partition.clone(),
+    };
+    match holds.set_aside(&unit, waiting) {
+        Ok(()) => {
+            intake.set_aside(1);
+            None
+        }
+        // Released meanwhile: it runs now.
+        Err(waiting) => {
+            holds.give_back(size);
+            Some(waiting.msg)
+        }
+    }
+}
+
+/// Runs a held message's task, whose panic, as a processor's, is kq's own (application code
+/// runs guarded): what it held can never finish, so its member stops.
+async fn guard_held(
+    queue: Arc<QueueShared>,
+    holds: Arc<Holds>,
+    held: impl std::future::Future<Output = ()>,
+    span: tracing::Span,
+) {
+    if let Err(panic) = AssertUnwindSafe(held.instrument(span)).catch_unwind().await {
+        tracing::error!(
+            consumer = %queue.name,
+            panic = crate::handler::panic_detail(&*panic),
+            "a held message's task panicked; its member stops"
+        );
+        holds.lose();
+    }
+}
+
+/// A message whose first handler run failed.
+struct Failed {
+    waiting: Waiting,
+    error: HandlerError,
+    started: Option<Instant>,
+}
+
+/// Runs a failed message under the error policy on a task of its own, then the messages set
+/// aside behind it, in order, each under the policy too, and releases its unit once none
+/// are left.
+async fn run_held(
+    queue: Arc<QueueShared>,
+    handler: Arc<dyn Handler>,
+    holds: Arc<Holds>,
+    shutdown: Shutdown,
+    unit: Option<Unit>,
+    failed: Failed,
+) {
+    let mut recorder = Recorder::new(queue.clone());
+    let Failed {
+        waiting: Waiting { msg, partition },
+        error,
+        started,
+    } = failed;
+    let settled = recover(
+        &queue, &*handler, &partition, &msg, &shutdown, started, error,
+    )
+    .await;
+    settle(&mut recorder, &partition, &msg, settled);
+    holds.give_back(holds::size_of(&msg));
+    let Some(unit) = unit else {
+        recorder.report();
+        return;
+    };
+    while let Some(Waiting { msg, partition }) = holds.next(&unit) {
+        if shutdown.is_triggered() || partition.is_revoked() {
+            partition.skip(1);
+        } else {
+            recorder.begin();
+            let span = trace::message_span(&queue.name, &queue.conf.group, &msg);
+            let run = async {
+                let started = recorder.started();
+                match run_handler(&*handler, &msg).await {
+                    Ok(()) => Settled::Done(Outcome::Ok, started),
+                    Err(error) => {
+                        recover(
+                            &queue, &*handler, &partition, &msg, &shutdown, started, error,
+                        )
+                        .await
+                    }
+                }
+            };
+            let settled = run.instrument(span).await;
+            settle(&mut recorder, &partition, &msg, settled);
+        }
+        holds.give_back(holds::size_of(&msg));
+    }
+    recorder.report();
+}
+
+/// Records how a message held or waiting behind a hold was done with, in its partition.
+fn settle(recorder: &mut Recorder, partition: &PartitionState, msg: &Message, settled: Settled) {
+    match settled {
+        Settled::Done(outcome, started) => {
+            recorder.record(outcome, started);
+            partition.finish_all(&[msg.offset()]);
+        }
+        Settled::Abandoned => {
+            recorder.forget_clock();
+            partition.abandon();
+        }
     }
 }
 

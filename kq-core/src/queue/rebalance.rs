@@ -21,6 +21,9 @@ use crate::conf::Assignor;
 use crate::observe::{self, MemberHealth};
 use crate::sync::lock;
 
+/// How long an assignment waits for the committed offset maps, and for a partition's end.
+const MAP_WAIT: Duration = Duration::from_secs(10);
+
 /// A group member: one librdkafka consumer and the partitions it currently owns.
 pub(crate) struct Member {
     pub queue: Arc<QueueShared>,
@@ -326,9 +329,16 @@ impl ConsumerContext for MemberContext {
         }
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(list) => {
+                // Before any of their messages is taken: this runs on the fetch thread.
+                let partitions = partitions_of(list);
+                for (partition, finished) in
+                    commit::committed_maps(consumer, self.member.topic, &partitions, MAP_WAIT)
+                {
+                    self.member.partition(partition).skip_finished(finished);
+                }
                 if let Some(health) = &self.member.health {
                     health.joined();
                 }

@@ -8,6 +8,7 @@ async fn payment_success(
     key: &str,
     val: &str,
 ) -> anyhow::Result<()> {
+    svc.demo_downstream(key)?;
     svc.demo_work(val).await;
     tracing::info!("{}: PaymentSuccess key: {key}, val: {val}", svc.config_name);
     Ok(())
