@@ -230,3 +230,52 @@ async fn a_hostile_offset_map_makes_kq_skip_nothing() {
         running.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_bound_of_what_waits_the_held_keys_lane_backs_up_and_nothing_is_lost() {
+    let topic = unique("holds-bound");
+    create_topic(&topic, 1).await;
+    const KEYS: usize = 32;
+    const ROUNDS: usize = 60;
+    let seen = Arc::new(Seen::default());
+    seen.down.store(true, Ordering::Release);
+    let mut conf = holding_conf(&topic);
+    conf.processors = 2;
+    // The held message and nine behind it: the tenth meets the bound.
+    conf.hold.messages = 10;
+    let running = Running::start("keyed", conf, &seen);
+    push_rounds(&topic, KEYS, ROUNDS).await;
+
+    // The lane of the held key waits once the bound is reached, and with it the keys that
+    // share the lane; the other lanes run to the end.
+    let others = (KEYS - 1) * ROUNDS;
+    let settled = |seen: &Seen| seen.others();
+    assert!(eventually(WAIT, || settled(&seen) > 0).await, "nothing ran");
+    let mut before = settled(&seen);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = settled(&seen);
+        if now == before {
+            break;
+        }
+        before = now;
+    }
+    assert!(
+        before < others,
+        "every other key's message ran although the held key's lane was at the bound"
+    );
+    assert_eq!(seen.count(FAILING), 0);
+
+    seen.down.store(false, Ordering::Release);
+    assert!(
+        eventually(WAIT, || seen.count(FAILING) == ROUNDS && seen.others() == others).await,
+        "{} of the held key's and {} of the others' messages after it recovered",
+        seen.count(FAILING),
+        seen.others()
+    );
+    running.stop().await;
+    let handled = seen.handled.lock().unwrap();
+    for (key, values) in handled.iter() {
+        assert_eq!(*values, (0..ROUNDS).collect::<Vec<_>>(), "{key} out of order");
+    }
+}
