@@ -85,19 +85,43 @@ fn holding_conf(topic: &str) -> KqConf {
     conf
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_failing_key_holds_only_its_own_messages() {
+/// Starts the consumer on a new topic of `partitions` with the failing key down and two
+/// processors (the failing key shares its lane with a quarter of the others), `tune` applied
+/// to its conf, then pushes `rounds` rounds of `keys` keys.
+async fn start_down(
+    partitions: i32,
+    (keys, rounds): (usize, usize),
+    tune: impl FnOnce(&mut KqConf),
+) -> (Arc<Seen>, Running) {
     let topic = unique("holds");
-    create_topic(&topic, 2).await;
-    const KEYS: usize = 32;
-    const ROUNDS: usize = 100;
+    create_topic(&topic, partitions).await;
     let seen = Arc::new(Seen::default());
     seen.down.store(true, Ordering::Release);
-    // Two processors: the failing key shares its lane with a quarter of the others.
     let mut conf = holding_conf(&topic);
     conf.processors = 2;
+    tune(&mut conf);
     let running = Running::start("keyed", conf, &seen);
-    push_rounds(&topic, KEYS, ROUNDS).await;
+    push_rounds(&topic, keys, rounds).await;
+    (seen, running)
+}
+
+/// Checks that every key's messages were handled once each, in order.
+fn assert_in_order(seen: &Seen, rounds: usize) {
+    let handled = seen.handled.lock().unwrap();
+    for (key, values) in handled.iter() {
+        assert_eq!(
+            *values,
+            (0..rounds).collect::<Vec<_>>(),
+            "{key} out of order"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failing_key_holds_only_its_own_messages() {
+    const KEYS: usize = 32;
+    const ROUNDS: usize = 100;
+    let (seen, running) = start_down(2, (KEYS, ROUNDS), |_| {}).await;
 
     let others = (KEYS - 1) * ROUNDS;
     assert!(
@@ -114,14 +138,7 @@ async fn one_failing_key_holds_only_its_own_messages() {
         seen.count(FAILING)
     );
     running.stop().await;
-    let handled = seen.handled.lock().unwrap();
-    for (key, values) in handled.iter() {
-        assert_eq!(
-            *values,
-            (0..ROUNDS).collect::<Vec<_>>(),
-            "{key} out of order"
-        );
-    }
+    assert_in_order(&seen, ROUNDS);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,18 +250,10 @@ async fn a_hostile_offset_map_makes_kq_skip_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_bound_of_what_waits_the_held_keys_lane_backs_up_and_nothing_is_lost() {
-    let topic = unique("holds-bound");
-    create_topic(&topic, 1).await;
     const KEYS: usize = 32;
     const ROUNDS: usize = 60;
-    let seen = Arc::new(Seen::default());
-    seen.down.store(true, Ordering::Release);
-    let mut conf = holding_conf(&topic);
-    conf.processors = 2;
     // The held message and nine behind it: the tenth meets the bound.
-    conf.hold.messages = 10;
-    let running = Running::start("keyed", conf, &seen);
-    push_rounds(&topic, KEYS, ROUNDS).await;
+    let (seen, running) = start_down(1, (KEYS, ROUNDS), |conf| conf.hold.messages = 10).await;
 
     // The lane of the held key waits once the bound is reached, and with it the keys that
     // share the lane; the other lanes run to the end.
@@ -268,14 +277,13 @@ async fn at_the_bound_of_what_waits_the_held_keys_lane_backs_up_and_nothing_is_l
 
     seen.down.store(false, Ordering::Release);
     assert!(
-        eventually(WAIT, || seen.count(FAILING) == ROUNDS && seen.others() == others).await,
+        eventually(WAIT, || seen.count(FAILING) == ROUNDS
+            && seen.others() == others)
+        .await,
         "{} of the held key's and {} of the others' messages after it recovered",
         seen.count(FAILING),
         seen.others()
     );
     running.stop().await;
-    let handled = seen.handled.lock().unwrap();
-    for (key, values) in handled.iter() {
-        assert_eq!(*values, (0..ROUNDS).collect::<Vec<_>>(), "{key} out of order");
-    }
+    assert_in_order(&seen, ROUNDS);
 }

@@ -69,6 +69,19 @@ impl Mark {
     }
 }
 
+/// The marks of the partitions `point` gives a commit point of.
+fn marks_of(
+    states: &[Arc<PartitionState>],
+    point: impl Fn(&PartitionState) -> Option<CommitPoint>,
+    topic: &str,
+    metrics: Option<&ConsumerMetrics>,
+) -> Vec<Mark> {
+    states
+        .iter()
+        .filter_map(|state| Some(Mark::of(state.partition(), point(state)?, topic, metrics)))
+        .collect()
+}
+
 /// The list of `marks`, each with its offset map as metadata.
 fn list_of(topic: &str, marks: &[Mark]) -> TopicPartitionList {
     let mut list = TopicPartitionList::with_capacity(marks.len());
@@ -91,13 +104,7 @@ pub(crate) fn store_moved<C: ConsumerContext>(
     states: &[Arc<PartitionState>],
     metrics: Option<&ConsumerMetrics>,
 ) {
-    let marks: Vec<Mark> = states
-        .iter()
-        .filter_map(|state| {
-            let point = state.take_store()?;
-            Some(Mark::of(state.partition(), point, topic, metrics))
-        })
-        .collect();
+    let marks = marks_of(states, PartitionState::take_store, topic, metrics);
     if !marks.is_empty() {
         if let Err(e) = consumer.store_offsets(&list_of(topic, &marks)) {
             // Only a partition no longer assigned refuses a store: it is not this member's.
@@ -115,14 +122,8 @@ pub(crate) fn commit_changed_maps<C: ConsumerContext>(
     states: &[Arc<PartitionState>],
     metrics: Option<&ConsumerMetrics>,
 ) {
-    let marks: Vec<Mark> = states
-        .iter()
-        .filter_map(|state| {
-            let point = state.take_map_change()?;
-            Some(Mark::of(state.partition(), point, topic, metrics))
-        })
-        .filter(|mark| mark.map.is_some())
-        .collect();
+    let mut marks = marks_of(states, PartitionState::take_map_change, topic, metrics);
+    marks.retain(|mark| mark.map.is_some());
     if !marks.is_empty() {
         if let Err(e) = consumer.commit(&list_of(topic, &marks), CommitMode::Async) {
             tracing::debug!(topic, error = %e, "committing offset maps failed");
@@ -341,13 +342,7 @@ pub(crate) fn save<C: ConsumerContext>(
     let mut pause = FIRST_PAUSE;
     let mut first = true;
     loop {
-        let points: Vec<Mark> = owned()
-            .iter()
-            .filter_map(|state| {
-                let point = state.commit_point()?;
-                Some(Mark::of(state.partition(), point, topic, metrics))
-            })
-            .collect();
+        let points = marks_of(&owned(), PartitionState::commit_point, topic, metrics);
         let marks: Vec<(i32, i64)> = points.iter().map(|m| (m.partition, m.offset)).collect();
         if marks.is_empty() {
             return Ok(marks);

@@ -8,10 +8,12 @@
 //! 2. `dispatch`: routes the message to a lane by key (per-key order); a free processor
 //!    takes the next lane with work, and a lane runs on one processor at a time;
 //! 3. `processor`: runs the handler under the error policy (retries, dead letters, panics),
-//!    timed for the metrics by `timing`; `batch` does the same for a batch consumer, a batch
-//!    of a lane's messages per call;
+//!    timed for the metrics by `timing`; a failed message retries on a task of its own, with
+//!    its key's later messages set aside behind it by `holds`; `batch` does the same for a
+//!    batch consumer, a batch of a lane's messages per call;
 //! 4. `offsets`: tracks what is done per partition and yields the gap-free watermark;
-//! 5. `commit`: commits watermarks on an interval, and synchronously on revoke and shutdown;
+//! 5. `commit`: commits watermarks on an interval, and synchronously on revoke and shutdown,
+//!    each with the `offset_map` of what finished above it, which an assignment reads back;
 //!
 //! with `rebalance` draining revoked partitions before they are released, and `buffers`
 //! handing message buffers back from the processors to the fetch thread.

@@ -425,7 +425,7 @@ pub(super) enum GiveUp {
 }
 
 /// The error policy for a message out of retries: the error handler, then the dead-letter
-/// topic if there is one, else commit past it (`ForceCommit: true`) or hold the partition.
+/// topic if there is one, else commit past it (`ForceCommit: true`) or hold it.
 pub(super) async fn give_up(
     queue: &QueueShared,
     partition: &PartitionState,
@@ -439,8 +439,8 @@ pub(super) async fn give_up(
     queue.guarded("error handler", || (queue.error_handler)(msg, error));
     if let Some(dead_letter) = &queue.dead_letter {
         // A message bound for the dead-letter topic finishes only once it is there: a failed
-        // write holds the partition's commits and is tried again, whatever `ForceCommit`
-        // says, since committing past it would lose the message.
+        // write holds its key and its partition's commits, and is tried again, whatever
+        // `ForceCommit` says, since committing past it would lose the message.
         loop {
             let headers = dead_letter_headers(msg, error, attempt);
             match dead_letter
@@ -466,7 +466,7 @@ pub(super) async fn give_up(
                     dead_letter_topic = dead_letter.name(),
                     error = %e,
                     retry_in = ?policy.max_backoff,
-                    "dead letter not written; holding the partition's commits at this message until it is"
+                    "dead letter not written; holding this message and its key until it is"
                 ),
             }
             if !wait_unless_stopped(policy.max_backoff, partition, shutdown).await {
@@ -484,7 +484,7 @@ pub(super) async fn give_up(
         partition = msg.partition(),
         offset = msg.offset(),
         retry_in = ?policy.max_backoff,
-        "holding the partition's commits at this message until it succeeds (ForceCommit: false)"
+        "holding this message and its key until it succeeds (ForceCommit: false)"
     );
     if !wait_unless_stopped(policy.max_backoff, partition, shutdown).await {
         return GiveUp::Settled(Settled::Abandoned);
