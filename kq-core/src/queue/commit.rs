@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::bindings as rdsys;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -113,20 +113,32 @@ pub(crate) fn store_moved<C: ConsumerContext>(
     }
 }
 
-/// Commits the offset maps that changed while their watermarks stayed, as while a key is
-/// held: librdkafka's auto-commit sends nothing for an offset it has committed already. The
-/// commit is asynchronous; its answer comes to the member's commit callback.
+/// Commits the offset maps that changed while their watermarks stayed for `stuck` or more,
+/// as while a key is held: librdkafka's auto-commit sends nothing for an offset it has
+/// committed already. Nobody waits for the answer: a refusal (the group rebalancing, say)
+/// leaves the map to the next call, or to the final commit of a revoke or a stop.
 pub(crate) fn commit_changed_maps<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
     states: &[Arc<PartitionState>],
+    stuck: Duration,
     metrics: Option<&ConsumerMetrics>,
 ) {
-    let mut marks = marks_of(states, PartitionState::take_map_change, topic, metrics);
+    let mut marks = marks_of(states, |state| state.take_map_change(stuck), topic, metrics);
     marks.retain(|mark| mark.map.is_some());
-    if !marks.is_empty() {
-        if let Err(e) = consumer.commit(&list_of(topic, &marks), CommitMode::Async) {
-            tracing::debug!(topic, error = %e, "committing offset maps failed");
+    if marks.is_empty() {
+        return;
+    }
+    let list = list_of(topic, &marks);
+    let client = consumer.client().native_ptr();
+    // SAFETY: `client` is the live consumer's handle. The reply queue is dropped at once: a
+    // pending commit holds its own reference to it, and librdkafka drops the answer, which it
+    // would otherwise log as a failure when no one takes it. It copies `list` first.
+    unsafe {
+        let queue = rdsys::rd_kafka_queue_new(client);
+        if !queue.is_null() {
+            rdsys::rd_kafka_commit_queue(client, list.ptr(), queue, None, ptr::null_mut());
+            rdsys::rd_kafka_queue_destroy(queue);
         }
     }
 }

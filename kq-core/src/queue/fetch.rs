@@ -87,6 +87,10 @@ const STATISTICS_INTERVAL_MS: &str = "1000";
 /// once per `CommitInterval`): each store takes librdkafka's client-wide lock once per
 /// partition.
 const STORE_EVERY: Duration = Duration::from_millis(10);
+/// kq commits offset maps that changed under a watermark that stayed where it was every
+/// `CommitInterval`, or every this when that is shorter; the watermark must have stayed as
+/// long.
+const MAP_COMMIT_EVERY: Duration = Duration::from_millis(100);
 /// How long a stopped member may take to leave its group: one round trip to the coordinator
 /// when all goes well.
 const LEAVE_LIMIT: Duration = Duration::from_secs(10);
@@ -215,6 +219,7 @@ pub(crate) fn spawn_member(
         blocked: false,
         last_store: Instant::now(),
         last_upkeep: Instant::now(),
+        last_map_commit: Instant::now(),
         errors_in_a_row: 0,
     };
     let (left_tx, left_rx) = oneshot::channel::<()>();
@@ -482,6 +487,7 @@ struct FetchLoop {
     blocked: bool,
     last_store: Instant,
     last_upkeep: Instant,
+    last_map_commit: Instant,
     errors_in_a_row: u32,
 }
 
@@ -686,15 +692,20 @@ impl FetchLoop {
                 metrics,
             );
         }
-        if self.last_upkeep.elapsed() >= interval {
-            self.last_upkeep = Instant::now();
+        let map_every = interval.max(MAP_COMMIT_EVERY);
+        if self.last_map_commit.elapsed() >= map_every {
+            self.last_map_commit = Instant::now();
             let metrics = self.member.queue.observed.as_deref();
             commit::commit_changed_maps(
                 &self.consumer,
                 self.member.topic,
                 &self.member.owned(),
+                map_every,
                 metrics,
             );
+        }
+        if self.last_upkeep.elapsed() >= interval {
+            self.last_upkeep = Instant::now();
             // A route lost to a race with a stop is set again (see `route_again`).
             self.fetch_queue.route_again();
         }

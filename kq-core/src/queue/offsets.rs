@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use super::offset_map::{self, Finished, TooLarge};
 use crate::sync::lock;
@@ -26,6 +27,8 @@ struct Progress {
     stored: i64,
     /// A message above the watermark finished since the offset map was last taken.
     map_changed: bool,
+    /// When the watermark last moved, as stored.
+    moved_at: Instant,
 }
 
 /// One assignment of one partition to this group member. A revoked partition that comes
@@ -63,6 +66,7 @@ impl PartitionState {
                 next: -1,
                 stored: -1,
                 map_changed: false,
+                moved_at: Instant::now(),
             }),
             finished_before: Mutex::default(),
             finished_before_end: AtomicI64::new(i64::MIN),
@@ -179,19 +183,20 @@ impl PartitionState {
             }
             p.stored = mark;
             p.map_changed = false;
+            p.moved_at = Instant::now();
             (mark, finished_above(&p))
         };
         Some((mark, offset_map::encode(mark, finished)))
     }
 
-    /// The commit point if the watermark has not moved since it was stored but the offset map
-    /// has: librdkafka sends no commit for an offset it committed already, so kq sends this
-    /// one itself.
-    pub fn take_map_change(&self) -> Option<CommitPoint> {
+    /// The commit point if the watermark has stayed where it was stored for `stuck` or more
+    /// (a key held, a slow handler) while the offset map changed: librdkafka sends no commit
+    /// for an offset it committed already, so kq sends this one itself.
+    pub fn take_map_change(&self, stuck: Duration) -> Option<CommitPoint> {
         let (mark, finished) = {
             let mut p = self.progress();
             let mark = watermark_of(&p)?;
-            if !p.map_changed || mark != p.stored {
+            if !p.map_changed || mark != p.stored || p.moved_at.elapsed() < stuck {
                 return None;
             }
             p.map_changed = false;
@@ -354,12 +359,17 @@ mod tests {
         assert_eq!(skipped, [12, 13, 15]);
         // The watermark stays; the map changes, and is taken once.
         assert_eq!(state.take_store(), None);
-        assert_eq!(state.take_map_change(), None);
+        assert_eq!(state.take_map_change(Duration::ZERO), None);
         state.finish_all(&[18]);
-        let (mark, record) = state.take_map_change().unwrap();
+        assert_eq!(
+            state.take_map_change(Duration::from_secs(60)),
+            None,
+            "not stuck for long yet"
+        );
+        let (mark, record) = state.take_map_change(Duration::ZERO).unwrap();
         assert_eq!(mark, 10);
         assert!(record.unwrap().is_some());
-        assert_eq!(state.take_map_change(), None);
+        assert_eq!(state.take_map_change(Duration::ZERO), None);
     }
 
     #[test]
