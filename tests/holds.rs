@@ -287,3 +287,87 @@ async fn at_the_bound_of_what_waits_the_held_keys_lane_backs_up_and_nothing_is_l
     running.stop().await;
     assert_in_order(&seen, ROUNDS);
 }
+
+/// What the partition-order test's handler saw: each message handled, by partition, and the
+/// first offset of the failing key that failed.
+#[derive(Default)]
+struct ByPartition {
+    handled: Mutex<HashMap<i32, Vec<i64>>>,
+    failed_at: Mutex<Option<(i32, i64)>>,
+    down: AtomicBool,
+}
+
+#[kq::consumer(conf = "Holds")]
+async fn by_partition(seen: &kq::State<ByPartition>, msg: &kq::Message) -> Result<(), String> {
+    if msg.key() == Some(FAILING.as_bytes()) && seen.down.load(Ordering::Acquire) {
+        seen.failed_at
+            .lock()
+            .unwrap()
+            .get_or_insert((msg.partition(), msg.offset()));
+        return Err("downstream down".into());
+    }
+    seen.handled
+        .lock()
+        .unwrap()
+        .entry(msg.partition())
+        .or_default()
+        .push(msg.offset());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_partition_order_a_failing_message_holds_its_partition_only() {
+    let topic = unique("holds-partition");
+    create_topic(&topic, 2).await;
+    let seen = Arc::new(ByPartition::default());
+    seen.down.store(true, Ordering::Release);
+    let mut conf = holding_conf(&topic);
+    conf.ordering = kq::Ordering::Partition;
+    let running = Running::start("by_partition", conf, &seen);
+    push_rounds(&topic, 16, 40).await;
+    let count =
+        |seen: &ByPartition| -> usize { seen.handled.lock().unwrap().values().map(Vec::len).sum() };
+    assert!(eventually(WAIT, || seen.failed_at.lock().unwrap().is_some()).await);
+    // Until nothing more runs.
+    let mut before = count(&seen);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if count(&seen) == before {
+            break;
+        }
+        before = count(&seen);
+    }
+    let (held, at) = seen.failed_at.lock().unwrap().unwrap();
+    let during: HashMap<i32, Vec<i64>> = seen.handled.lock().unwrap().clone();
+
+    seen.down.store(false, Ordering::Release);
+    assert!(
+        eventually(WAIT, || count(&seen) == 16 * 40).await,
+        "{}",
+        count(&seen)
+    );
+    running.stop().await;
+    let after = seen.handled.lock().unwrap();
+    for (partition, offsets) in after.iter() {
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "partition {partition} out of order"
+        );
+        let before_recovery = during.get(partition).map_or(0, Vec::len);
+        if *partition == held {
+            // Nothing after the failing message ran while it was held.
+            assert!(
+                during
+                    .get(partition)
+                    .is_none_or(|offsets| offsets.iter().all(|&o| o < at)),
+                "partition {held} ran past its held offset {at}"
+            );
+        } else {
+            assert_eq!(
+                before_recovery,
+                offsets.len(),
+                "partition {partition} waited for the other's held message"
+            );
+        }
+    }
+}
