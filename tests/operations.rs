@@ -153,6 +153,12 @@ async fn metrics_health_and_readiness_are_served() {
         metrics.contains("kq_in_flight{consumer=\"observed\"}"),
         "{metrics}"
     );
+    // Nothing failed: nothing is held.
+    assert_eq!(
+        sample(&metrics, "kq_held{consumer=\"observed\"}"),
+        Some(0.0),
+        "{metrics}"
+    );
 
     // A stopped consumer is no longer ready, but nothing died.
     running.stop().await;

@@ -27,6 +27,7 @@ pub(crate) struct ConsumerMetrics {
     batch_size: Histogram,
     batch_seconds: Histogram,
     in_flight: Gauge,
+    held: Gauge,
     commits: Counter,
     skipped: Counter,
     offset_map_too_large: Counter,
@@ -64,6 +65,7 @@ impl ConsumerMetrics {
             batch_size: o.batch_size.get_or_create(&consumer).clone(),
             batch_seconds: o.batch_seconds.get_or_create(&consumer).clone(),
             in_flight: o.in_flight.get_or_create(&consumer).clone(),
+            held: o.held.get_or_create(&consumer).clone(),
             commits: o.commits.get_or_create(&topic_labels).clone(),
             skipped: o.skipped.get_or_create(&topic_labels).clone(),
             offset_map_too_large: o.offset_map_too_large.get_or_create(&topic_labels).clone(),
@@ -109,6 +111,11 @@ impl ConsumerMetrics {
 
     pub fn set_in_flight(&self, messages: usize) {
         self.in_flight.set(messages as i64);
+    }
+
+    /// Messages out of the queue behind held keys now.
+    pub fn set_held(&self, messages: usize) {
+        self.held.set(messages as i64);
     }
 
     pub fn committed(&self) {

@@ -58,6 +58,7 @@ pub(super) struct Observer {
     pub(super) batch_size: Family<ConsumerLabels, Histogram, fn() -> Histogram>,
     pub(super) batch_seconds: Family<ConsumerLabels, Histogram, fn() -> Histogram>,
     pub(super) in_flight: Family<ConsumerLabels, Gauge>,
+    pub(super) held: Family<ConsumerLabels, Gauge>,
     pub(super) lag: Family<PartitionLabels, Gauge>,
     pub(super) commits: Family<TopicLabels, Counter>,
     pub(super) skipped: Family<TopicLabels, Counter>,
@@ -108,6 +109,12 @@ pub(super) fn observer() -> &'static Observer {
             "Messages fetched and not yet done (queued or running)",
             in_flight.clone(),
         );
+        let held = Family::<ConsumerLabels, Gauge>::default();
+        registry.register(
+            "held",
+            "Messages out of the queue behind held keys: held ones and those waiting behind them",
+            held.clone(),
+        );
         let lag = Family::<PartitionLabels, Gauge>::default();
         registry.register(
             "consumer_lag",
@@ -157,6 +164,7 @@ pub(super) fn observer() -> &'static Observer {
             batch_size,
             batch_seconds,
             in_flight,
+            held,
             lag,
             commits,
             skipped,

@@ -520,6 +520,7 @@ impl FetchLoop {
             }
             if let Some(observed) = &queue.observed {
                 observed.set_in_flight(self.dispatcher.in_flight());
+                observed.set_held(self.holds.messages());
             }
             self.room = Room::new(queue.capacity(), self.dispatcher.in_flight());
             let full = self.room.member == 0;

@@ -98,7 +98,6 @@ impl Holds {
     }
 
     /// Messages out of the queue on holds' account now.
-    #[cfg(test)]
     pub fn messages(&self) -> usize {
         self.messages.load(AtomicOrdering::Acquire)
     }
