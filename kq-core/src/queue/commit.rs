@@ -160,6 +160,16 @@ pub(crate) fn committed_maps<C: ConsumerContext>(
     }
     let committed = match consumer.committed_offsets(list, wait) {
         Ok(committed) => committed,
+        // The consumer is closing: it takes no messages.
+        Err(error)
+            if matches!(
+                error.rdkafka_error_code(),
+                Some(RDKafkaErrorCode::BrokerDestroy | RDKafkaErrorCode::DestroyBroker)
+            ) =>
+        {
+            tracing::debug!(topic, %error, "the committed offset maps were not read: closing");
+            return Vec::new();
+        }
         Err(error) => {
             tracing::warn!(
                 topic,

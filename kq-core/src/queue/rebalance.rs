@@ -332,12 +332,17 @@ impl ConsumerContext for MemberContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(list) => {
-                // Before any of their messages is taken: this runs on the fetch thread.
-                let partitions = partitions_of(list);
-                for (partition, finished) in
-                    commit::committed_maps(consumer, self.member.topic, &partitions, MAP_WAIT)
-                {
-                    self.member.partition(partition).skip_finished(finished);
+                // Before any of their messages is taken: this runs on the fetch thread. A
+                // member that is stopping (librdkafka serves a pending assignment as it
+                // closes) takes none, and its handle can no longer ask the broker.
+                if !self.member.stopped.load(Ordering::Acquire) {
+                    let partitions = partitions_of(list);
+                    let topic = self.member.topic;
+                    for (partition, finished) in
+                        commit::committed_maps(consumer, topic, &partitions, MAP_WAIT)
+                    {
+                        self.member.partition(partition).skip_finished(finished);
+                    }
                 }
                 if let Some(health) = &self.member.health {
                     health.joined();
