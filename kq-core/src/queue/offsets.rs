@@ -175,41 +175,46 @@ impl PartitionState {
     /// The commit point if the watermark moved since the last call, recording it as stored.
     /// librdkafka sends a stored offset again until a commit of it succeeds.
     pub fn take_store(&self) -> Option<CommitPoint> {
-        let (mark, finished) = {
-            let mut p = self.progress();
-            let mark = watermark_of(&p)?;
+        self.point_if(|p, mark| {
             if mark <= p.stored {
-                return None;
+                return false;
             }
             p.stored = mark;
             p.map_changed = false;
             p.moved_at = Instant::now();
-            (mark, finished_above(&p))
-        };
-        Some((mark, offset_map::encode(mark, finished)))
+            true
+        })
     }
 
     /// The commit point if the watermark has stayed where it was stored for `stuck` or more
     /// (a key held, a slow handler) while the offset map changed: librdkafka sends no commit
     /// for an offset it committed already, so kq sends this one itself.
     pub fn take_map_change(&self, stuck: Duration) -> Option<CommitPoint> {
-        let (mark, finished) = {
-            let mut p = self.progress();
-            let mark = watermark_of(&p)?;
+        self.point_if(|p, mark| {
             if !p.map_changed || mark != p.stored || p.moved_at.elapsed() < stuck {
-                return None;
+                return false;
             }
             p.map_changed = false;
-            (mark, finished_above(&p))
-        };
-        Some((mark, offset_map::encode(mark, finished)))
+            true
+        })
     }
 
     /// The commit point now, for a commit kq sends itself.
     pub fn commit_point(&self) -> Option<CommitPoint> {
+        self.point_if(|_, _| true)
+    }
+
+    /// The commit point if `take` says so of the progress and its watermark (recording what
+    /// it takes). The offsets finished above the watermark are read under the lock, and
+    /// encoded after it.
+    fn point_if(&self, take: impl FnOnce(&mut Progress, i64) -> bool) -> Option<CommitPoint> {
         let (mark, finished) = {
-            let p = self.progress();
-            (watermark_of(&p)?, finished_above(&p))
+            let mut p = self.progress();
+            let mark = watermark_of(&p)?;
+            if !take(&mut p, mark) {
+                return None;
+            }
+            (mark, finished_above(&p))
         };
         Some((mark, offset_map::encode(mark, finished)))
     }
