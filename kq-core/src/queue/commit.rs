@@ -145,8 +145,8 @@ pub(crate) fn commit_changed_maps<C: ConsumerContext>(
 
 /// The offset maps committed for `partitions`, read from the group's coordinator as they are
 /// assigned: for each partition whose committed offset carries a record of kq's that holds up
-/// against the partition (see `offset_map::decode`), the messages a previous owner finished
-/// above it. A record that does not hold up is ignored with a warning; one that cannot be
+/// against the partition (see `offset_map::read` and `Finished::within`), the messages a
+/// previous owner finished above it. A record that does not hold up is ignored with a warning; one that cannot be
 /// read leaves every message after the committed offset to be handled.
 pub(crate) fn committed_maps<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
@@ -189,13 +189,25 @@ pub(crate) fn committed_maps<C: ConsumerContext>(
         let Ok(text) = std::str::from_utf8(&metadata) else {
             continue;
         };
-        // Whether it is a record at all, before asking the broker for the partition's end.
-        if !matches!(
-            offset_map::decode(text, offset, i64::MAX),
-            Ok(Some(_)) | Err(_)
-        ) {
-            continue;
-        }
+        let ignore = |invalid: offset_map::Invalid| {
+            tracing::warn!(
+                topic,
+                partition,
+                offset,
+                reason = %invalid,
+                "ignoring the committed offset map: every message after the committed offset is handled"
+            )
+        };
+        let finished = match offset_map::read(text, offset) {
+            Ok(Some(finished)) => finished,
+            Ok(None) => continue,
+            Err(invalid) => {
+                ignore(invalid);
+                continue;
+            }
+        };
+        // A record, so the broker is asked for the partition's end, which no offset it names
+        // may reach.
         let end = match consumer.fetch_watermarks(topic, partition, wait) {
             Ok((_, high)) => high,
             Err(error) => {
@@ -208,8 +220,8 @@ pub(crate) fn committed_maps<C: ConsumerContext>(
                 continue;
             }
         };
-        match offset_map::decode(text, offset, end) {
-            Ok(Some(finished)) => {
+        match finished.within(end) {
+            Ok(finished) => {
                 tracing::debug!(
                     topic,
                     partition,
@@ -219,14 +231,7 @@ pub(crate) fn committed_maps<C: ConsumerContext>(
                 );
                 maps.push((partition, finished));
             }
-            Ok(None) => {}
-            Err(invalid) => tracing::warn!(
-                topic,
-                partition,
-                offset,
-                reason = %invalid,
-                "ignoring the committed offset map: every message after the committed offset is handled"
-            ),
+            Err(invalid) => ignore(invalid),
         }
     }
     maps

@@ -126,11 +126,21 @@ impl fmt::Display for Invalid {
 /// Reads the record committed with offset `committed` on a partition whose next offset is
 /// `end`: the finished offsets it names, as ranges. `Ok(None)` for metadata that is not a kq
 /// record at all (none, or another tool's).
+#[cfg(test)]
 pub(crate) fn decode(
     metadata: &str,
     committed: i64,
     end: i64,
 ) -> Result<Option<Finished>, Invalid> {
+    read(metadata, committed)?
+        .map(|finished| finished.within(end))
+        .transpose()
+}
+
+/// Reads the record committed with offset `committed`: the finished offsets it names, as
+/// ranges, to be checked against the partition's end (`Finished::within`) before they are
+/// trusted. `Ok(None)` for metadata that is not a kq record at all (none, or another tool's).
+pub(crate) fn read(metadata: &str, committed: i64) -> Result<Option<Finished>, Invalid> {
     let Some(encoded) = metadata.strip_prefix(TAG) else {
         return match metadata.split_once(':') {
             Some((tag, _)) if is_kq_tag(tag) => Err(Invalid::Version(tag.to_owned())),
@@ -165,14 +175,6 @@ pub(crate) fn decode(
     } else {
         runs_ranges(base, body)?
     };
-    if let Some(last) = ranges.last() {
-        if last.end > end {
-            return Err(Invalid::PastEnd {
-                offset: last.end - 1,
-                end,
-            });
-        }
-    }
     Ok(Some(Finished {
         ranges: ranges.into(),
     }))
@@ -215,6 +217,17 @@ impl Finished {
     /// The offset after the last it names, if any.
     pub fn end(&self) -> Option<i64> {
         self.ranges.back().map(|r| r.end)
+    }
+
+    /// Itself, if every offset it names lies before `end`, the partition's next offset.
+    pub fn within(self, end: i64) -> Result<Finished, Invalid> {
+        match self.end() {
+            Some(after) if after > end => Err(Invalid::PastEnd {
+                offset: after - 1,
+                end,
+            }),
+            _ => Ok(self),
+        }
     }
 }
 
