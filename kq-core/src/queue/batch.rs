@@ -154,7 +154,7 @@ async fn settle(
             };
             let partition = batch.partition(index);
             match give_up(queue, partition, msg, shutdown, None, &error, 1).await {
-                GiveUp::Settled(Settled::Done(outcome, _)) => done.finish(index, outcome),
+                GiveUp::Settled(Settled::Done(..)) => done.finish(index),
                 GiveUp::Settled(Settled::Abandoned) => done.abandon(index),
                 // `ForceCommit: false`: the batch waits with it, and runs again.
                 GiveUp::Hold => {
@@ -177,7 +177,7 @@ async fn settle(
             Ok(()) => {
                 for index in 0..batch.msgs.len() {
                     if !done.has(index) {
-                        done.finish(index, Outcome::Ok);
+                        done.finish(index);
                     }
                 }
                 if taken > 0 {
@@ -192,7 +192,7 @@ async fn settle(
                     let before = (0..index).filter(|&i| !done.has(i)).count();
                     for earlier in 0..index {
                         if !done.has(earlier) {
-                            done.finish(earlier, Outcome::Ok);
+                            done.finish(earlier);
                         }
                     }
                     timing::record_batch(queue, before, share, taken, elapsed);
@@ -227,7 +227,7 @@ async fn settle(
                         {
                             GiveUp::Settled(Settled::Done(outcome, _)) => {
                                 timing::record_batch_message(queue, outcome, share);
-                                done.finish(index, outcome);
+                                done.finish(index);
                                 failing = None;
                             }
                             GiveUp::Settled(Settled::Abandoned) => done.abandon(index),
@@ -250,7 +250,7 @@ struct Done {
 }
 
 impl Done {
-    fn finish(&mut self, index: usize, _outcome: Outcome) {
+    fn finish(&mut self, index: usize) {
         self.insert(index, true);
     }
 
