@@ -285,10 +285,9 @@ impl Intake {
     /// hand-off to it to wake its processor.
     fn take_more(&mut self, runs: &mut Vec<Run>, wanted: usize) -> usize {
         let lanes = &*self.lanes;
-        let before = runs.len();
+        let mut taken = 0;
         if lanes.shared {
             let mut lane = lock(&lanes.lanes[0]);
-            let mut taken = 0;
             while taken < wanted {
                 let Some(run) = lane.runs.pop_front() else {
                     break;
@@ -302,12 +301,13 @@ impl Intake {
             }
         } else if let Some(held) = self.held {
             let mut lane = lock(&lanes.lanes[held]);
-            runs.extend(lane.runs.drain(..));
-            let taken: usize = runs[before..].iter().map(|run| run.msgs.len()).sum();
+            for run in lane.runs.drain(..) {
+                taken += run.msgs.len();
+                runs.push(run);
+            }
             lane.filling = taken < wanted;
-            return taken;
         }
-        runs[before..].iter().map(|run| run.msgs.len()).sum()
+        taken
     }
 
     /// Releases the places in the queue of messages done with, whatever became of them, and
