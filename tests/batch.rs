@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{consumer_conf, create_topic, eventually, pusher_conf, real_broker, unique, Running};
+use common::{
+    consumer_conf, create_topic, eventually, push_rounds, pusher_conf, real_broker, unique, Running,
+};
 use kq::{BatchError, KqConf, Pusher};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -56,19 +58,10 @@ fn pusher(topic: &str) -> Pusher {
 
 /// Pushes `rounds` rounds of one message per key, values `k{k}:{seq}`.
 async fn push_keyed(topic: &str, keys: usize, rounds: usize) -> usize {
-    let mut conf = pusher_conf(topic);
-    conf.sync_push = false;
-    let pusher = Pusher::from_conf(&conf).expect("pusher");
-    for seq in 0..rounds {
-        for k in 0..keys {
-            pusher
-                .kpush(format!("k{k}"), format!("k{k}:{seq}"))
-                .await
-                .unwrap();
-        }
-    }
-    pusher.close().await.unwrap();
-    keys * rounds
+    push_rounds(topic, keys, rounds, |k, seq| {
+        (format!("k{k}"), format!("k{k}:{seq}"))
+    })
+    .await
 }
 
 /// Each key's values, in the order first handled.

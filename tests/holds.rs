@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{brokers, consumer_conf, create_topic, eventually, pusher_conf, unique, Running};
-use kq::{KqConf, Pusher};
+use common::{brokers, consumer_conf, create_topic, eventually, unique, Running};
+use kq::KqConf;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
@@ -60,20 +60,12 @@ async fn keyed(seen: &kq::State<Seen>, key: &str, value: &str) -> Result<(), Str
     Ok(())
 }
 
-/// Pushes `rounds` rounds of one message per key, values the round's number.
+/// Pushes `rounds` rounds of one message per key, keys `key-{n}`, values the round's number.
 async fn push_rounds(topic: &str, keys: usize, rounds: usize) {
-    let mut conf = pusher_conf(topic);
-    conf.sync_push = false;
-    let pusher = Pusher::from_conf(&conf).expect("pusher");
-    for round in 0..rounds {
-        for key in 0..keys {
-            pusher
-                .kpush(&format!("key-{key}"), round.to_string())
-                .await
-                .expect("push");
-        }
-    }
-    pusher.close().await.expect("flush");
+    common::push_rounds(topic, keys, rounds, |key, round| {
+        (format!("key-{key}"), round.to_string())
+    })
+    .await;
 }
 
 /// A conf that retries for good while the failing key is down: `ForceCommit: false`.

@@ -74,6 +74,27 @@ pub fn pusher_conf(topic: &str) -> PusherConf {
     conf
 }
 
+/// Pushes `rounds` rounds of one message per key (`message` gives the key and value of key
+/// number `key` in round `round`), without waiting for each delivery; returns how many.
+pub async fn push_rounds(
+    topic: &str,
+    keys: usize,
+    rounds: usize,
+    message: impl Fn(usize, usize) -> (String, String),
+) -> usize {
+    let mut conf = pusher_conf(topic);
+    conf.sync_push = false;
+    let pusher = kq::Pusher::from_conf(&conf).expect("pusher");
+    for round in 0..rounds {
+        for key in 0..keys {
+            let (key, value) = message(key, round);
+            pusher.kpush(&key, value).await.expect("push");
+        }
+    }
+    pusher.close().await.expect("flush");
+    keys * rounds
+}
+
 /// A running queue of a registered consumer.
 pub struct Running {
     shutdown: Shutdown,
