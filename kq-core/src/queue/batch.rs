@@ -13,7 +13,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt as _;
 
@@ -154,7 +154,12 @@ async fn settle(
             };
             let partition = batch.partition(index);
             match give_up(queue, partition, msg, shutdown, None, &error, 1).await {
-                GiveUp::Settled(Settled::Done(..)) => done.finish(index),
+                GiveUp::Settled(Settled::Done(outcome, _)) => {
+                    // Counted as every settled message is; the handler never ran it, so it
+                    // took none of the handler's time.
+                    timing::record_batch_message(queue, outcome, Duration::ZERO);
+                    done.finish(index);
+                }
                 GiveUp::Settled(Settled::Abandoned) => done.abandon(index),
                 // `ForceCommit: false`: the batch waits with it, and runs again.
                 GiveUp::Hold => {
