@@ -50,7 +50,7 @@ pub use kq_core::{
     LogConf, Mechanism, Message, Metrics, Offset, Ordering, Outcome, Partitioner, Push, PushError,
     Pusher, PusherConf, Queue, Rejected, RetryConf, ServiceGroup, Shutdown, State, TelemetryConf,
 };
-pub use kq_core::{create_topic, load_config, registered_queues, sleep, spawn};
+pub use kq_core::{create_topic, load_config, registered_queues, sleep, spawn, testing};
 
 /// Registers an `async fn` as the handler of a consumer queue.
 ///

@@ -14,6 +14,7 @@ use crate::queue::Queue;
 use crate::registry::{block, ConsumerRegistration, KqConfig, RegisteredHandler};
 use crate::service::ServiceGroup;
 use crate::telemetry;
+use crate::tools::{self, Position, Target, ToolError};
 
 /// The default config file, as go-zero's services have it.
 pub const DEFAULT_CONFIG_FILE: &str = "etc/mq.yaml";
@@ -63,6 +64,82 @@ impl Failure {
             message: message.to_string(),
         }
     }
+
+    /// A refusal is the operator's to mend, as a config error is; a failure is the brokers'.
+    fn tool(error: ToolError) -> Self {
+        match error {
+            ToolError::Refused(message) => Failure::config(message),
+            ToolError::Failed(message) => Failure::run(message),
+        }
+    }
+}
+
+/// The consumers `--consumer` names: the one, or every started one.
+fn chosen_targets<'a>(
+    started: &'a [(&'static ConsumerRegistration, KqConf)],
+    chosen: Option<&str>,
+) -> Result<Vec<Target<'a>>, Failure> {
+    let targets: Vec<_> = started
+        .iter()
+        .filter(|(registration, _)| chosen.is_none_or(|name| registration.name == name))
+        .map(|(registration, conf)| Target {
+            name: registration.name,
+            conf,
+        })
+        .collect();
+    match chosen {
+        Some(name) if targets.is_empty() => Err(unknown_consumer(started, name)),
+        _ => Ok(targets),
+    }
+}
+
+fn unknown_consumer(started: &[(&'static ConsumerRegistration, KqConf)], name: &str) -> Failure {
+    let names: Vec<_> = started.iter().map(|(r, _)| r.name).collect();
+    Failure::config(format!(
+        "--consumer: no consumer `{name}` runs with this config (consumers: {})",
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        }
+    ))
+}
+
+/// The consumer whose cluster and group a redrive of `topic` uses: the one `--consumer` names,
+/// or else the one whose `DeadLetterTopic` is `topic`.
+fn redrive_target<'a>(
+    started: &'a [(&'static ConsumerRegistration, KqConf)],
+    chosen: Option<&str>,
+    topic: &str,
+) -> Result<Target<'a>, Failure> {
+    if chosen.is_some() {
+        return Ok(chosen_targets(started, chosen)?.remove(0));
+    }
+    let mut owners = started
+        .iter()
+        .filter(|(_, conf)| conf.dead_letter_topic == topic);
+    match (owners.next(), owners.next()) {
+        (Some((registration, conf)), None) => Ok(Target {
+            name: registration.name,
+            conf,
+        }),
+        (None, _) => Err(Failure::config(format!(
+            "--redrive {topic}: no consumer has `DeadLetterTopic: {topic}`; name the consumer \
+             whose cluster and group to use with --consumer"
+        ))),
+        (Some(_), Some(_)) => {
+            let names: Vec<_> = started
+                .iter()
+                .filter(|(_, conf)| conf.dead_letter_topic == topic)
+                .map(|(r, _)| r.name)
+                .collect();
+            Err(Failure::config(format!(
+                "--redrive {topic}: consumers {} all write their dead letters there; pick one \
+                 with --consumer",
+                names.join(", ")
+            )))
+        }
+    }
 }
 
 fn run<C, S>(args: &Args, build_state: impl FnOnce(&C) -> Result<S, String>) -> Result<(), Failure>
@@ -92,15 +169,33 @@ where
             problems.join("; ")
         )));
     }
-    if args.mode != Mode::Run {
-        match args.mode {
-            Mode::Check => print_check(file, &consumers),
-            _ => {
-                let started: Vec<_> = consumers.started().collect();
-                println!("{}", describe(&binary_name(), &config, &started));
-            }
+    match &args.mode {
+        Mode::Run => {}
+        Mode::Check => {
+            print_check(file, &consumers);
+            return Ok(());
         }
-        return Ok(());
+        Mode::Describe => {
+            let started: Vec<_> = consumers.started().collect();
+            println!("{}", describe(&binary_name(), &config, &started));
+            return Ok(());
+        }
+        Mode::ResetOffsets(position) => {
+            let started: Vec<_> = consumers.started().collect();
+            let targets = chosen_targets(&started, args.consumer.as_deref())?;
+            return tools::reset_offsets(&targets, position, args.dry_run).map_err(Failure::tool);
+        }
+        Mode::Redrive(topic) => {
+            let started: Vec<_> = consumers.started().collect();
+            let target = redrive_target(&started, args.consumer.as_deref(), topic)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Failure::run(format!("cannot start the runtime: {e}")))?;
+            return runtime
+                .block_on(tools::redrive(&target, topic, args.dry_run))
+                .map_err(Failure::tool);
+        }
     }
     let log = service.log.clone().unwrap_or_default();
     let _telemetry =
@@ -202,24 +297,51 @@ impl ServiceKeys {
 struct Args {
     file: PathBuf,
     mode: Mode,
+    /// `--consumer`: the one consumer a tool acts on.
+    consumer: Option<String>,
+    /// `--dry-run`: a tool prints what it would do, and does nothing.
+    dry_run: bool,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 enum Mode {
     Run,
     /// Validate the config and list the consumers, then exit.
     Check,
     /// Print the service's topology as an AsyncAPI document, then exit.
     Describe,
+    /// Move the consumers' committed offsets, then exit.
+    ResetOffsets(Position),
+    /// Push a dead-letter topic's messages back to their topics, then exit.
+    Redrive(String),
 }
 
+/// What `--help` says after the options.
+const TOOLS_HELP: &str = "\
+Instead of consuming, with the same config file:
+  --reset-offsets first|last|<time>  commits, for each consumer's group (or --consumer's),
+      the first offset, the end, or the first offset at or after an RFC 3339 time
+      (2026-12-01T09:30:00Z) in every partition of its topic, and prints old -> new.
+      Refused (exit 2) while the group has members.
+  --redrive <topic>  pushes the dead letters of <topic> back to the topics they came from,
+      with their keys, values and headers, the kq.* headers replaced by kq.redrives; reads
+      with the group <consumer group>.redrive, the consumer being the one whose
+      DeadLetterTopic is <topic> (or --consumer's); commits as it goes, and exits once
+      caught up. A message without kq.source.topic is skipped and reported.
+  --dry-run  prints what either would do, and changes nothing.
+
+Exit codes: 0 done, 1 failed while running, 2 config, usage or refusal.";
+
 /// Parses the command line: `-f <file>`, go-zero's flag, defaulting to `etc/mq.yaml`, and
-/// `--check` or `--describe`.
+/// `--check`, `--describe`, or a tool with its options.
 fn parse_args() -> Args {
+    use clap::{Arg, ArgAction, ArgGroup};
+
     let command = clap::Command::new(binary_name())
         .about("A kq service: consumes Kafka topics with the handlers registered in it")
+        .after_help(TOOLS_HELP)
         .arg(
-            clap::Arg::new("file")
+            Arg::new("file")
                 .short('f')
                 .long("file")
                 .value_name("FILE")
@@ -228,23 +350,59 @@ fn parse_args() -> Args {
                 .help("the config file (.yaml, .yml, .json or .toml)"),
         )
         .arg(
-            clap::Arg::new("check")
+            Arg::new("check")
                 .long("check")
-                .action(clap::ArgAction::SetTrue)
-                .conflicts_with("describe")
+                .action(ArgAction::SetTrue)
                 .help("validate the config, list the registered consumers, and exit"),
         )
         .arg(
-            clap::Arg::new("describe")
+            Arg::new("describe")
                 .long("describe")
-                .action(clap::ArgAction::SetTrue)
+                .action(ArgAction::SetTrue)
                 .help("print the service's topology as an AsyncAPI document, and exit"),
+        )
+        .arg(
+            Arg::new("reset-offsets")
+                .long("reset-offsets")
+                .value_name("POSITION")
+                .value_parser(|text: &str| text.parse::<Position>())
+                .help("move the consumers' committed offsets to first, last or an RFC 3339 time, and exit"),
+        )
+        .arg(
+            Arg::new("redrive")
+                .long("redrive")
+                .value_name("TOPIC")
+                .help("push the dead letters of TOPIC back to their topics, and exit"),
+        )
+        .group(
+            ArgGroup::new("mode")
+                .args(["check", "describe", "reset-offsets", "redrive"])
+                .multiple(false),
+        )
+        .group(ArgGroup::new("tool").args(["reset-offsets", "redrive"]))
+        .arg(
+            Arg::new("consumer")
+                .long("consumer")
+                .value_name("NAME")
+                .requires("tool")
+                .help("the consumer a tool acts on (by default every one, or for --redrive the one whose DeadLetterTopic it is)"),
+        )
+        .arg(
+            Arg::new("dry-run")
+                .long("dry-run")
+                .action(ArgAction::SetTrue)
+                .requires("tool")
+                .help("print what a tool would do, and change nothing"),
         );
     let matches = command.get_matches();
     let mode = if matches.get_flag("check") {
         Mode::Check
     } else if matches.get_flag("describe") {
         Mode::Describe
+    } else if let Some(position) = matches.get_one::<Position>("reset-offsets") {
+        Mode::ResetOffsets(position.clone())
+    } else if let Some(topic) = matches.get_one::<String>("redrive") {
+        Mode::Redrive(topic.clone())
     } else {
         Mode::Run
     };
@@ -254,6 +412,8 @@ fn parse_args() -> Args {
             .cloned()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE)),
         mode,
+        consumer: matches.get_one::<String>("consumer").cloned(),
+        dry_run: matches.get_flag("dry-run"),
     }
 }
 
@@ -299,11 +459,11 @@ pub fn registered_queues<C: KqConfig>(
 }
 
 /// The registered consumers, matched to the config and bound to `context`.
-struct Bound {
+pub(crate) struct Bound {
     /// Those to start, with the configuration each runs with.
-    started: Vec<(&'static ConsumerRegistration, KqConf, RegisteredHandler)>,
+    pub started: Vec<(&'static ConsumerRegistration, KqConf, RegisteredHandler)>,
     /// Those whose `Option<KqConf>` block the file leaves out.
-    absent: Vec<&'static ConsumerRegistration>,
+    pub absent: Vec<&'static ConsumerRegistration>,
 }
 
 impl Bound {
@@ -317,7 +477,20 @@ impl Bound {
 /// Matches every registered consumer to its conf and binds it to `context`; with every
 /// problem, each naming the consumer and where it is.
 fn bind_all<C: KqConfig>(config: &C, context: &HandlerContext) -> (Bound, Vec<String>) {
-    let registrations = ConsumerRegistration::all();
+    bind_chosen(config, context, |_| true)
+}
+
+/// The same for the registered consumers whose names `chosen` accepts: the others are
+/// neither matched nor checked.
+pub(crate) fn bind_chosen<C: KqConfig>(
+    config: &C,
+    context: &HandlerContext,
+    chosen: impl Fn(&str) -> bool,
+) -> (Bound, Vec<String>) {
+    let registrations: Vec<_> = ConsumerRegistration::all()
+        .into_iter()
+        .filter(|registration| chosen(registration.name))
+        .collect();
     let mut bound = Bound {
         started: Vec::new(),
         absent: Vec::new(),
@@ -455,8 +628,15 @@ fn print_check(file: &Path, consumers: &Bound) {
         );
     }
     for (registration, conf) in consumers.started() {
+        let dead_letters = match conf.dead_letter_topic.as_str() {
+            "" => String::new(),
+            topic => format!(
+                "\tdead letters {topic} (redrive group {})",
+                tools::redrive_group(&conf.group)
+            ),
+        };
         println!(
-            "{}\tconf {}\ttopic {}\tgroup {}\tbrokers {}\t{}:{}",
+            "{}\tconf {}\ttopic {}\tgroup {}\tbrokers {}{dead_letters}\t{}:{}",
             registration.name,
             registration.conf,
             conf.topic,
@@ -809,6 +989,8 @@ mod tests {
         let args = Args {
             file: file.clone(),
             mode: Mode::Check,
+            consumer: None,
+            dry_run: false,
         };
         let outcome =
             run::<TestConfig, TestState>(&args, |_| panic!("--check built the service state"));

@@ -22,6 +22,8 @@ pub mod service;
 mod shutdown;
 mod sync;
 pub mod telemetry;
+pub mod testing;
+mod tools;
 mod trace;
 
 pub use app::registered_queues;

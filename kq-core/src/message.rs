@@ -110,6 +110,31 @@ impl Message {
         self
     }
 
+    /// Copies a record that rdkafka's own consumer API delivered, headers included: for the
+    /// tools that read a topic outside a queue (the test kit, a redrive).
+    pub(crate) fn from_record(record: &impl rdkafka::Message) -> Message {
+        use rdkafka::message::Headers as _;
+
+        let mut msg = Message::new(record.topic(), record.partition(), record.offset());
+        if let Some(key) = record.key() {
+            msg = msg.with_key(key);
+        }
+        if let Some(value) = record.payload() {
+            msg = msg.with_value(value);
+        }
+        if let Some(millis) = record.timestamp().to_millis() {
+            msg = msg.with_timestamp(millis);
+        }
+        if let Some(headers) = record.headers() {
+            let list = headers
+                .iter()
+                .map(|header| (header.key.to_owned(), header.value.map(<[u8]>::to_vec)))
+                .collect();
+            msg.headers = Some(Box::new(Headers(list)));
+        }
+        msg
+    }
+
     /// Copies a record out of librdkafka into `bytes`, a buffer whose contents are replaced;
     /// its headers too when `with_headers`. With `check_text`, the key and value are checked
     /// as UTF-8 while they are in this thread's cache, for a handler that reads them as text.

@@ -177,7 +177,7 @@ impl Queue {
         self.conf.validate()?;
         let dead_letter = match self.conf.dead_letter_topic.as_str() {
             "" => None,
-            topic => Some(dead_letter_pusher(&self.conf, topic)?),
+            topic => Some(cluster_pusher(&self.conf, topic)?),
         };
         let observed = ConsumerMetrics::new(&self.name, &self.conf.topic);
         if let Some(observed) = &observed {
@@ -318,11 +318,12 @@ async fn log_stats(metrics: Arc<ConsumerMetrics>, shutdown: Shutdown) {
     }
 }
 
-fn dead_letter_pusher(conf: &KqConf, topic: &str) -> Result<Pusher, Error> {
+/// A pusher to `topic` in the cluster `conf` consumes from, reached with the same keys, whose
+/// pushes wait for the broker: the dead letters, and the messages a redrive pushes back.
+pub(crate) fn cluster_pusher(conf: &KqConf, topic: &str) -> Result<Pusher, Error> {
     let mut pusher_conf = crate::conf::PusherConf::new(conf.brokers.clone(), topic);
-    // The dead-letter topic lives in the consumer's cluster: the same keys reach it.
     pusher_conf.connect_as(&conf.connection());
-    // A dead letter must be on the broker before its source offset is committed.
+    // A message must be on the broker before the offset it came from is committed.
     pusher_conf.sync_push = true;
     pusher_conf.flush_interval = Duration::from_millis(5);
     Pusher::from_conf(&pusher_conf)

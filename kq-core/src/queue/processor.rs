@@ -38,6 +38,11 @@ pub mod dead_letter_headers {
     pub const ERROR: &str = "kq.error";
     /// How many times the handler ran.
     pub const ATTEMPTS: &str = "kq.attempts";
+    /// How many times `--redrive` has pushed the message back to its topic: on the message
+    /// pushed back, and on its dead letter if it fails again.
+    pub const REDRIVES: &str = "kq.redrives";
+    /// What the names of kq's headers start with. A redrive removes them all.
+    pub const PREFIX: &str = "kq.";
 }
 
 /// How a job ended.

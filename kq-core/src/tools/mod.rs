@@ -1,0 +1,97 @@
+//! What the binary of a `kq::main!` service runs instead of its consumers, on the cluster
+//! they consume from: `reset` moves a group's committed offsets (`--reset-offsets`), and
+//! `redrive` pushes a dead-letter topic's messages back where they came from (`--redrive`).
+
+mod redrive;
+mod reset;
+
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, ConsumerContext};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::ClientConfig;
+
+use crate::broker;
+use crate::conf::KqConf;
+
+pub(crate) use redrive::{redrive, redrive_group};
+pub(crate) use reset::{reset_offsets, Position};
+
+/// How long a tool waits for one answer from the brokers.
+const BROKER_WAIT: Duration = Duration::from_secs(15);
+
+/// Why a tool stopped.
+#[derive(Debug)]
+pub(crate) enum ToolError {
+    /// The operator has to change something first (a group still has members, a consumer is
+    /// not named): nothing was done.
+    Refused(String),
+    /// The brokers failed it while it ran.
+    Failed(String),
+}
+
+/// A consumer the tools act on: its name and the configuration it runs with.
+pub(crate) struct Target<'a> {
+    pub name: &'a str,
+    pub conf: &'a KqConf,
+}
+
+impl Target<'_> {
+    /// librdkafka's settings for a client of this consumer's cluster in `group`, which never
+    /// commits on its own.
+    fn client_config(&self, group: &str) -> Result<ClientConfig, ToolError> {
+        if broker::is_embedded(&self.conf.brokers) {
+            // Its data lives and dies with the service's own process.
+            return Err(ToolError::Refused(format!(
+                "consumer `{}` runs on the embedded broker (`Brokers: [embedded]`), which has \
+                 nothing to act on outside the service's process",
+                self.name
+            )));
+        }
+        let mut config = broker::client_config(&self.conf.connection())
+            .map_err(|e| ToolError::Failed(e.to_string()))?;
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
+        Ok(config)
+    }
+
+    /// The partitions of `topic`, from the brokers.
+    fn partitions<K: ConsumerContext>(
+        &self,
+        client: &impl Consumer<K>,
+        topic: &str,
+    ) -> Result<Vec<i32>, ToolError> {
+        let metadata = client
+            .fetch_metadata(Some(topic), BROKER_WAIT)
+            .map_err(|e| failed(self.name, format!("cannot read topic `{topic}`"), e))?;
+        let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
+            return Err(missing(self.name, topic));
+        };
+        match found.error().map(RDKafkaErrorCode::from) {
+            None if !found.partitions().is_empty() => {
+                Ok(found.partitions().iter().map(|p| p.id()).collect())
+            }
+            None | Some(RDKafkaErrorCode::UnknownTopicOrPartition) => {
+                Err(missing(self.name, topic))
+            }
+            Some(code) => Err(failed(
+                self.name,
+                format!("cannot read topic `{topic}`"),
+                code,
+            )),
+        }
+    }
+}
+
+fn missing(consumer: &str, topic: &str) -> ToolError {
+    ToolError::Failed(format!(
+        "consumer `{consumer}`: topic `{topic}` does not exist"
+    ))
+}
+
+/// A failure of `consumer` while doing `what`.
+fn failed(consumer: &str, what: String, error: impl std::fmt::Display) -> ToolError {
+    ToolError::Failed(format!("consumer `{consumer}`: {what}: {error}"))
+}
