@@ -448,3 +448,73 @@ fn the_log_level_holds_back_lower_levels() {
     assert_eq!(code, Some(0), "it ran and stopped cleanly");
     assert!(printed.is_empty(), "{printed:#?}");
 }
+
+#[test]
+fn help_describes_the_tools() {
+    let output = Command::new(SERVICE).arg("--help").output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&output.stdout);
+    for option in [
+        "--reset-offsets <POSITION>",
+        "--redrive <TOPIC>",
+        "--consumer <NAME>",
+        "--dry-run",
+        "first|last|<time>",
+        "<consumer group>.redrive",
+        "Refused (exit 2) while the group has members",
+    ] {
+        assert!(help.contains(option), "{option}: {help}");
+    }
+}
+
+/// A tool with a wrong argument, or on a config it cannot act on, exits with 2 and one line
+/// saying why, before it connects to anything.
+#[test]
+fn a_tool_that_cannot_act_exits_with_2() {
+    let run = |args: &[&str]| {
+        let output = Command::new(SERVICE)
+            .args(args)
+            .current_dir(package_dir())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(output.stdout.is_empty(), "{args:?}: {output:?}");
+        stderr
+    };
+    let stderr = run(&["--reset-offsets", "yesterday"]);
+    assert!(
+        stderr.contains("`yesterday` is neither `first`, `last` nor an RFC 3339 time"),
+        "{stderr}"
+    );
+    run(&["--dry-run"]);
+    run(&["--consumer", "payment_success"]);
+    run(&["--check", "--redrive", "payments-dlq"]);
+    run(&["--reset-offsets", "first", "--redrive", "payments-dlq"]);
+
+    let stderr = run(&["--reset-offsets", "first", "--consumer", "nobody"]);
+    assert_eq!(
+        stderr,
+        "error: --consumer: no consumer `nobody` runs with this config (consumers: payment_success)\n"
+    );
+    let stderr = run(&["--redrive", "payments-dlq"]);
+    assert!(
+        stderr.starts_with(
+            "error: --redrive payments-dlq: no consumer has `DeadLetterTopic: payments-dlq`"
+        ),
+        "{stderr}"
+    );
+    // etc/mq.yaml runs on the embedded broker, whose data is gone with the service.
+    let stderr = run(&["--reset-offsets", "last"]);
+    assert!(stderr.contains("runs on the embedded broker"), "{stderr}");
+
+    // A bad config fails a tool as it fails a start.
+    let (_scratch, file) = seed_with("tool", "Processors: 8", "Processors: 0");
+    let output = Command::new(SERVICE)
+        .arg("-f")
+        .arg(&file)
+        .args(["--reset-offsets", "first"])
+        .output()
+        .unwrap();
+    assert_config_error(&output, &file, &["KqConsumerConf.Processors"]);
+}
