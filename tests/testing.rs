@@ -280,3 +280,40 @@ async fn a_start_reports_what_a_service_start_would() {
         .expect_err("not YAML");
     assert!(error.to_string().starts_with("the config: "), "{error}");
 }
+
+#[tokio::test]
+async fn a_wait_fails_at_once_with_the_error_of_a_consumer_that_failed() {
+    // The consumer's client cannot start: its CA file is not a certificate.
+    let ca_file = std::env::temp_dir().join(format!("{}.pem", unique("not-a-ca")));
+    std::fs::write(&ca_file, "this is not a certificate\n").unwrap();
+    let app = app()
+        .set("Orders.CaFile", &ca_file.display().to_string())
+        .expect("the config loads")
+        .only(["orders"]);
+    let running = app.start(Shop::default()).await.expect("start");
+    let started = std::time::Instant::now();
+    let error = running
+        .wait_handled("orders", 1, WAIT)
+        .await
+        .expect_err("the consumer failed");
+    let _ = std::fs::remove_file(&ca_file);
+    assert!(
+        started.elapsed() < WAIT / 2,
+        "at once: {:?}",
+        started.elapsed()
+    );
+    assert!(!error.is_timeout(), "{error}");
+    assert!(
+        error.to_string().starts_with("consumer `orders` failed: ")
+            && error.to_string().ends_with(
+                " while waiting for 1 message(s) settled by `orders` \
+                 (0 ok, 0 failed, 0 dead-lettered, 0 retries so far)"
+            ),
+        "{error}"
+    );
+    let error = running.stop().await.expect_err("the stop reports it");
+    assert!(
+        error.to_string().starts_with("consumer `orders` failed: "),
+        "{error}"
+    );
+}

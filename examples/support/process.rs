@@ -2,7 +2,7 @@
 //! process manager does or killing it, scratch config files, and the real broker's address.
 //! Each example's `tests/common` includes it with `#[path]`.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -91,13 +91,7 @@ pub fn real_broker() -> Option<String> {
 }
 
 /// A name no other test, nor an earlier run against the same broker, uses.
-pub fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
-}
+pub use kq::testing::unique;
 
 /// A directory of a test's own under the temp dir, removed with its files when dropped.
 pub struct Scratch(PathBuf);

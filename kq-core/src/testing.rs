@@ -149,55 +149,25 @@ impl<C: KqConfig + DeserializeOwned> TestApp<C> {
     /// Loads `yaml`, a config file's text, pointed at the test brokers and at the first offset
     /// (see the [module](self) docs), and validates it as a service start does.
     pub fn from_yaml(yaml: &str) -> Result<Self, TestError> {
-        let mut app = TestApp {
+        Ok(TestApp {
             yaml: Some(yaml.to_owned()),
             overrides: Vec::new(),
-            config: parse::<C>(yaml, &[])?,
+            config: load(yaml, &[])?,
             only: None,
-        };
-        app.reload()?;
-        Ok(app)
+        })
     }
 
     /// Sets `key` (a dotted path such as `KqConsumerConf.Topic`) to `value` in the YAML it
     /// was loaded from: a topic or a group of the test's own, a shorter `CommitInterval`.
     pub fn set(mut self, key: &str, value: &str) -> Result<Self, TestError> {
-        if self.yaml.is_none() {
+        let Some(yaml) = &self.yaml else {
             return Err(TestError::new(format!(
                 "cannot set `{key}`: the config was given as a value, not as text"
             )));
-        }
-        self.overrides.push((key.to_owned(), value.into()));
-        self.reload()?;
-        Ok(self)
-    }
-
-    fn reload(&mut self) -> Result<(), TestError> {
-        let Some(yaml) = &self.yaml else {
-            return Ok(());
         };
-        // The blocks are known once the text is deserialized; their keys are then rewritten.
-        let mut overrides = Vec::new();
-        let brokers: Vec<String> = brokers();
-        for field in self.config.kq_fields() {
-            if let Some(Some(_)) = block::<KqConf>(field.value) {
-                overrides.push((
-                    format!("{}.Brokers", field.serde_name),
-                    brokers.clone().into(),
-                ));
-                overrides.push((format!("{}.Offset", field.serde_name), "first".into()));
-            } else if let Some(Some(_)) = block::<PusherConf>(field.value) {
-                overrides.push((
-                    format!("{}.Brokers", field.serde_name),
-                    brokers.clone().into(),
-                ));
-            }
-        }
-        overrides.extend(self.overrides.iter().cloned());
-        self.config = parse(yaml, &overrides)?;
-        self.config
-            .check()
-            .map_err(|problems| TestError::new(format!("the config: {}", problems.join("; "))))
+        self.overrides.push((key.to_owned(), value.into()));
+        self.config = load(yaml, &self.overrides)?;
+        Ok(self)
     }
 
     /// Runs the config as given, with its own brokers and offsets.
@@ -284,6 +254,38 @@ impl<C: KqConfig + DeserializeOwned> TestApp<C> {
             pushers: Mutex::new(HashMap::new()),
         })
     }
+}
+
+/// `yaml` with the test's changes, its consumers and pushers pointed at the test brokers, its
+/// consumers at the first offset; validated.
+fn load<C: KqConfig + DeserializeOwned>(
+    yaml: &str,
+    changes: &[(String, config::Value)],
+) -> Result<C, TestError> {
+    // The blocks are known once the text is deserialized; their keys are then rewritten.
+    let given: C = parse(yaml, changes)?;
+    let brokers = brokers();
+    let mut overrides: Vec<(String, config::Value)> = Vec::new();
+    for field in given.kq_fields() {
+        if let Some(Some(_)) = block::<KqConf>(field.value) {
+            overrides.push((
+                format!("{}.Brokers", field.serde_name),
+                brokers.clone().into(),
+            ));
+            overrides.push((format!("{}.Offset", field.serde_name), "first".into()));
+        } else if let Some(Some(_)) = block::<PusherConf>(field.value) {
+            overrides.push((
+                format!("{}.Brokers", field.serde_name),
+                brokers.clone().into(),
+            ));
+        }
+    }
+    overrides.extend(changes.iter().cloned());
+    let config: C = parse(yaml, &overrides)?;
+    config
+        .check()
+        .map_err(|problems| TestError::new(format!("the config: {}", problems.join("; "))))?;
+    Ok(config)
 }
 
 fn parse<C: DeserializeOwned>(

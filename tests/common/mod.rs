@@ -5,7 +5,6 @@
 
 #![allow(dead_code)]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,34 +12,13 @@ use kq::__private::ConsumerRegistration;
 use kq::{HandlerContext, KqConf, PusherConf, Queue, Shutdown};
 use tokio::task::JoinHandle;
 
-/// The broker list for tests: `KQ_TEST_BROKERS` (comma-separated), or `[embedded]`.
-pub fn brokers() -> Vec<String> {
-    match std::env::var("KQ_TEST_BROKERS") {
-        Ok(list) if !list.trim().is_empty() => {
-            list.split(',').map(|b| b.trim().to_owned()).collect()
-        }
-        _ => vec!["embedded".to_owned()],
-    }
-}
+/// The broker list for tests: `KQ_TEST_BROKERS` (comma-separated), or `[embedded]`; and a
+/// name no other test (or earlier run against the same broker) uses.
+pub use kq::testing::{brokers, unique};
 
 /// Whether the tests run against a real broker.
 pub fn real_broker() -> bool {
     brokers() != ["embedded"]
-}
-
-/// A name no other test (or earlier run against the same broker) uses.
-pub fn unique(prefix: &str) -> String {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!(
-        "{prefix}-{}-{}-{}",
-        std::process::id(),
-        nanos % 1_000_000_000,
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// Creates a topic on the test broker; the embedded broker creates topics on first use, a

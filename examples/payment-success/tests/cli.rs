@@ -307,6 +307,27 @@ fn check_validates_and_lists_the_consumers_without_running() {
         "nothing ran: {stdout}"
     );
 
+    // A consumer with a dead-letter topic: where its dead letters go, and the group that
+    // `--redrive` reads them with.
+    let (_scratch, file) = seed_with(
+        "check-dlq",
+        "  Processors: 8",
+        "  Processors: 8\n  DeadLetterTopic: payment-dlq",
+    );
+    let output = Command::new(SERVICE)
+        .arg("--check")
+        .arg("-f")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(
+            "\tbrokers embedded\tdead letters payment-dlq (redrive group kqConsumer.redrive)\t"
+        ),
+        "{stdout}"
+    );
+
     // A bad file fails the check as it fails a start.
     let (_scratch, file) = seed_with("check", "Processors: 8", "Processors: 0");
     let output = Command::new(SERVICE)
