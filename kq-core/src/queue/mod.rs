@@ -319,14 +319,19 @@ async fn log_stats(metrics: Arc<ConsumerMetrics>, shutdown: Shutdown) {
 }
 
 /// A pusher to `topic` in the cluster `conf` consumes from, reached with the same keys, whose
-/// pushes wait for the broker: the dead letters, and the messages a redrive pushes back.
+/// pushes wait for the broker: the dead letters, and the test kit's pushes.
 pub(crate) fn cluster_pusher(conf: &KqConf, topic: &str) -> Result<Pusher, Error> {
+    Pusher::from_conf(&cluster_pusher_conf(conf, topic))
+}
+
+/// The configuration of a [`cluster_pusher`].
+pub(crate) fn cluster_pusher_conf(conf: &KqConf, topic: &str) -> crate::conf::PusherConf {
     let mut pusher_conf = crate::conf::PusherConf::new(conf.brokers.clone(), topic);
     pusher_conf.connect_as(&conf.connection());
     // A message must be on the broker before the offset it came from is committed.
     pusher_conf.sync_push = true;
     pusher_conf.flush_interval = Duration::from_millis(5);
-    Pusher::from_conf(&pusher_conf)
+    pusher_conf
 }
 
 fn log_failure(msg: &Message, error: &HandlerError) {

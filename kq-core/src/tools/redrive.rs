@@ -14,7 +14,7 @@ use rdkafka::{Message as _, Offset, TopicPartitionList};
 use super::{failed, Target, ToolError, BROKER_WAIT};
 use crate::message::Message;
 use crate::pusher::Pusher;
-use crate::queue::{cluster_pusher, dead_letter_headers};
+use crate::queue::{cluster_pusher_conf, dead_letter_headers};
 
 /// Dead letters pushed back before each commit.
 const BATCH: usize = 500;
@@ -152,7 +152,11 @@ impl Redrive<'_> {
             let pusher = match self.pushers.get(source) {
                 Some(pusher) => pusher.clone(),
                 None => {
-                    let pusher = cluster_pusher(self.target.conf, source).map_err(|e| {
+                    let mut conf = cluster_pusher_conf(self.target.conf, source);
+                    // A batch's pushes are all in flight at once: a retried request must
+                    // neither write a message twice nor put it after a later one of its key.
+                    conf.idempotence = true;
+                    let pusher = Pusher::from_conf(&conf).map_err(|e| {
                         failed(self.target.name, format!("cannot push to `{source}`"), e)
                     })?;
                     self.pushers.insert(source.to_owned(), pusher.clone());

@@ -114,10 +114,12 @@ pub(crate) fn reset_offsets(
         println!("dry run: nothing committed");
         return Ok(());
     }
+    // Checked again as late as possible: a member that joined since would have its position
+    // moved under it.
     for plan in &plans {
-        // Checked again as late as possible: a member that joined since would have its
-        // position moved under it.
         refuse_if_active(plan.target, &plan.client)?;
+    }
+    for plan in &plans {
         let mut list = TopicPartitionList::new();
         for (partition, _, new) in &plan.moves {
             // Without metadata: an offset map kq committed with the old offset names
