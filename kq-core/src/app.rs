@@ -74,74 +74,6 @@ impl Failure {
     }
 }
 
-/// The consumers `--consumer` names: the one, or every started one.
-fn chosen_targets<'a>(
-    started: &'a [(&'static ConsumerRegistration, KqConf)],
-    chosen: Option<&str>,
-) -> Result<Vec<Target<'a>>, Failure> {
-    let targets: Vec<_> = started
-        .iter()
-        .filter(|(registration, _)| chosen.is_none_or(|name| registration.name == name))
-        .map(|(registration, conf)| Target {
-            name: registration.name,
-            conf,
-        })
-        .collect();
-    match chosen {
-        Some(name) if targets.is_empty() => Err(unknown_consumer(started, name)),
-        _ => Ok(targets),
-    }
-}
-
-fn unknown_consumer(started: &[(&'static ConsumerRegistration, KqConf)], name: &str) -> Failure {
-    let names: Vec<_> = started.iter().map(|(r, _)| r.name).collect();
-    Failure::config(format!(
-        "--consumer: no consumer `{name}` runs with this config (consumers: {})",
-        if names.is_empty() {
-            "none".to_owned()
-        } else {
-            names.join(", ")
-        }
-    ))
-}
-
-/// The consumer whose cluster and group a redrive of `topic` uses: the one `--consumer` names,
-/// or else the one whose `DeadLetterTopic` is `topic`.
-fn redrive_target<'a>(
-    started: &'a [(&'static ConsumerRegistration, KqConf)],
-    chosen: Option<&str>,
-    topic: &str,
-) -> Result<Target<'a>, Failure> {
-    if chosen.is_some() {
-        return Ok(chosen_targets(started, chosen)?.remove(0));
-    }
-    let mut owners = started
-        .iter()
-        .filter(|(_, conf)| conf.dead_letter_topic == topic);
-    match (owners.next(), owners.next()) {
-        (Some((registration, conf)), None) => Ok(Target {
-            name: registration.name,
-            conf,
-        }),
-        (None, _) => Err(Failure::config(format!(
-            "--redrive {topic}: no consumer has `DeadLetterTopic: {topic}`; name the consumer \
-             whose cluster and group to use with --consumer"
-        ))),
-        (Some(_), Some(_)) => {
-            let names: Vec<_> = started
-                .iter()
-                .filter(|(_, conf)| conf.dead_letter_topic == topic)
-                .map(|(r, _)| r.name)
-                .collect();
-            Err(Failure::config(format!(
-                "--redrive {topic}: consumers {} all write their dead letters there; pick one \
-                 with --consumer",
-                names.join(", ")
-            )))
-        }
-    }
-}
-
 fn run<C, S>(args: &Args, build_state: impl FnOnce(&C) -> Result<S, String>) -> Result<(), Failure>
 where
     C: KqConfig,
@@ -182,12 +114,14 @@ where
         }
         Mode::ResetOffsets(position) => {
             let started: Vec<_> = consumers.started().collect();
-            let targets = chosen_targets(&started, args.consumer.as_deref())?;
-            return tools::reset_offsets(&targets, position, args.dry_run).map_err(Failure::tool);
+            return Target::chosen(&started, args.consumer.as_deref())
+                .and_then(|targets| tools::reset_offsets(&targets, position, args.dry_run))
+                .map_err(Failure::tool);
         }
         Mode::Redrive(topic) => {
             let started: Vec<_> = consumers.started().collect();
-            let target = redrive_target(&started, args.consumer.as_deref(), topic)?;
+            let target = Target::redriving(&started, args.consumer.as_deref(), topic)
+                .map_err(Failure::tool)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

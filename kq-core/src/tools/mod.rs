@@ -13,6 +13,7 @@ use rdkafka::ClientConfig;
 
 use crate::broker;
 use crate::conf::KqConf;
+use crate::registry::ConsumerRegistration;
 
 pub(crate) use redrive::{redrive, redrive_group};
 pub(crate) use reset::{reset_offsets, Position};
@@ -34,6 +35,68 @@ pub(crate) enum ToolError {
 pub(crate) struct Target<'a> {
     pub name: &'a str,
     pub conf: &'a KqConf,
+}
+
+impl<'a> Target<'a> {
+    /// The started consumers `--consumer` names: the one, or every one.
+    pub fn chosen(
+        started: &'a [(&'static ConsumerRegistration, KqConf)],
+        chosen: Option<&str>,
+    ) -> Result<Vec<Target<'a>>, ToolError> {
+        let targets: Vec<_> = started
+            .iter()
+            .filter(|(registration, _)| chosen.is_none_or(|name| registration.name == name))
+            .map(|(registration, conf)| Target {
+                name: registration.name,
+                conf,
+            })
+            .collect();
+        match chosen {
+            Some(name) if targets.is_empty() => {
+                let names: Vec<_> = started.iter().map(|(r, _)| r.name).collect();
+                Err(ToolError::Refused(format!(
+                    "--consumer: no consumer `{name}` runs with this config (consumers: {})",
+                    if names.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        names.join(", ")
+                    }
+                )))
+            }
+            _ => Ok(targets),
+        }
+    }
+
+    /// The consumer whose cluster and group a redrive of `topic` uses: the one `--consumer`
+    /// names, or else the one whose `DeadLetterTopic` is `topic`.
+    pub fn redriving(
+        started: &'a [(&'static ConsumerRegistration, KqConf)],
+        chosen: Option<&str>,
+        topic: &str,
+    ) -> Result<Target<'a>, ToolError> {
+        if chosen.is_some() {
+            return Ok(Target::chosen(started, chosen)?.remove(0));
+        }
+        let owners: Vec<_> = Target::chosen(started, None)?
+            .into_iter()
+            .filter(|target| target.conf.dead_letter_topic == topic)
+            .collect();
+        match <[_; 1]>::try_from(owners) {
+            Ok([owner]) => Ok(owner),
+            Err(owners) if owners.is_empty() => Err(ToolError::Refused(format!(
+                "--redrive {topic}: no consumer has `DeadLetterTopic: {topic}`; name the \
+                 consumer whose cluster and group to use with --consumer"
+            ))),
+            Err(owners) => {
+                let names: Vec<_> = owners.iter().map(|target| target.name).collect();
+                Err(ToolError::Refused(format!(
+                    "--redrive {topic}: consumers {} all write their dead letters there; pick \
+                     one with --consumer",
+                    names.join(", ")
+                )))
+            }
+        }
+    }
 }
 
 impl Target<'_> {
