@@ -37,8 +37,12 @@
 //! Run it with `-f etc/mq.yaml` (the default). `Brokers: [embedded]` runs an in-process broker
 //! instead of a cluster, for trying things out and for tests.
 //!
-//! The guide is in the repository's `docs/`: configuration reference, semantics, the pusher,
-//! migration from go-queue, benchmarks.
+//! Tests run a service's registered consumers, with their config, state and error policy,
+//! through [`testing`]. The generated binary also replays a topic (`--reset-offsets`) and
+//! pushes dead letters back to their topics (`--redrive`); `--help` lists them.
+//!
+//! The guide is in the repository's `docs/`: configuration reference, semantics, operations,
+//! the pusher, migration from go-queue, benchmarks.
 
 #![warn(missing_docs)]
 

@@ -61,7 +61,7 @@ pub(crate) async fn redrive(
     client
         .assign(&assignment)
         .map_err(|e| failed(target.name, format!("cannot read `{topic}`"), e))?;
-    println!(
+    say!(
         "redrive of {topic} with group {group}{}",
         if dry_run { " (dry run)" } else { "" }
     );
@@ -126,7 +126,7 @@ impl Redrive<'_> {
         for msg in batch.iter() {
             let Some(source) = source_topic(msg) else {
                 self.tally.skipped += 1;
-                println!(
+                say!(
                     "skipped {}/{} offset {}: no {} header, so no topic to push it back to",
                     msg.topic(),
                     msg.partition(),
@@ -137,7 +137,7 @@ impl Redrive<'_> {
             };
             *self.tally.pushed.entry(source.to_owned()).or_default() += 1;
             if self.dry_run {
-                println!(
+                say!(
                     "{}/{} offset {} -> {source}, key {}",
                     msg.topic(),
                     msg.partition(),
@@ -208,7 +208,7 @@ impl Redrive<'_> {
             )
         })?;
         self.committed += batch.len() as u64;
-        println!("committed {} message(s) so far", self.committed);
+        say!("committed {} message(s) so far", self.committed);
         Ok(())
     }
 
@@ -219,13 +219,13 @@ impl Redrive<'_> {
         } else {
             "pushed back"
         };
-        println!(
+        say!(
             "{total} message(s) {verb}, {} skipped (without a {} header)",
             self.tally.skipped,
             dead_letter_headers::TOPIC
         );
         for (source, count) in &self.tally.pushed {
-            println!("  {source}: {count}");
+            say!("  {source}: {count}");
         }
     }
 }

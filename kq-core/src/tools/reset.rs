@@ -98,7 +98,7 @@ pub(crate) fn reset_offsets(
     }
     for plan in &plans {
         let conf = plan.target.conf;
-        println!(
+        say!(
             "consumer {}: group {}, topic {}, reset to {position}{}",
             plan.target.name,
             conf.group,
@@ -107,11 +107,11 @@ pub(crate) fn reset_offsets(
         );
         for (partition, old, new) in &plan.moves {
             let old = old.map_or_else(|| "none".to_owned(), |offset| offset.to_string());
-            println!("  partition {partition}: {old} -> {new}");
+            say!("  partition {partition}: {old} -> {new}");
         }
     }
     if dry_run {
-        println!("dry run: nothing committed");
+        say!("dry run: nothing committed");
         return Ok(());
     }
     // Checked again as late as possible: a member that joined since would have its position
@@ -135,7 +135,7 @@ pub(crate) fn reset_offsets(
             )
         })?;
     }
-    println!("committed");
+    say!("committed");
     Ok(())
 }
 
