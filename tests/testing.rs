@@ -317,3 +317,50 @@ async fn a_wait_fails_at_once_with_the_error_of_a_consumer_that_failed() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn a_config_value_runs_as_given() {
+    let topic = unique("orders");
+    let mut orders = kq::KqConf::new(kq::testing::brokers(), unique("orders"), &topic);
+    orders.offset = kq::Offset::First;
+    let config = Config {
+        greeting: "given".to_owned(),
+        orders,
+        ledger: None,
+        notices: None,
+    };
+    let app = TestApp::from_config(config).expect("a valid config");
+    let error = TestApp::from_config(Config {
+        greeting: String::new(),
+        orders: kq::KqConf::new(kq::testing::brokers(), "", &topic),
+        ledger: None,
+        notices: None,
+    })
+    .map(|_| ())
+    .expect_err("an empty group");
+    assert!(error.to_string().contains("`Orders.Group`"), "{error}");
+    let error = TestApp::from_config(shopless_config())
+        .and_then(|app| app.set("Orders.Topic", "elsewhere"))
+        .map(|_| ())
+        .expect_err("no text to change");
+    assert!(
+        error.to_string().starts_with("cannot set `Orders.Topic`"),
+        "{error}"
+    );
+
+    let state = shop(app.config());
+    let running = app.only(["orders"]).start(state).await.expect("start");
+    running.push("orders", "k", "v").await.expect("push");
+    running.wait_handled("orders", 1, WAIT).await.expect("one");
+    assert_eq!(*running.state().handled.lock().unwrap(), ["given:k:v"]);
+    running.stop().await.expect("a clean stop");
+}
+
+fn shopless_config() -> Config {
+    Config {
+        greeting: String::new(),
+        orders: kq::KqConf::new(kq::testing::brokers(), "g", "t"),
+        ledger: None,
+        notices: None,
+    }
+}

@@ -202,16 +202,13 @@ impl<C: KqConfig + DeserializeOwned> TestApp<C> {
     ) -> Result<RunningApp<C, S>, TestError> {
         let state = Arc::new(state);
         let context = HandlerContext::new(state.clone());
-        let only = self.only.clone();
-        let chosen = |name: &str| {
-            only.as_ref()
-                .is_none_or(|names| names.iter().any(|n| n == name))
-        };
+        let only = self.only.as_deref();
+        let chosen = |name: &str| only.is_none_or(|names| names.iter().any(|n| n == name));
         let (bound, problems) = bind_chosen(&self.config, &context, chosen);
         if !problems.is_empty() {
             return Err(TestError::new(problems.join("; ")));
         }
-        if let Some(names) = &self.only {
+        if let Some(names) = only {
             for name in names {
                 if !bound.started.iter().any(|(r, _, _)| r.name == name) {
                     return Err(TestError::new(format!(
