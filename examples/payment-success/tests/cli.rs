@@ -314,12 +314,7 @@ fn check_validates_and_lists_the_consumers_without_running() {
         "  Processors: 8",
         "  Processors: 8\n  DeadLetterTopic: payment-dlq",
     );
-    let output = Command::new(SERVICE)
-        .arg("--check")
-        .arg("-f")
-        .arg(&file)
-        .output()
-        .unwrap();
+    let output = check(&file);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         stdout.contains(
@@ -330,13 +325,16 @@ fn check_validates_and_lists_the_consumers_without_running() {
 
     // A bad file fails the check as it fails a start.
     let (_scratch, file) = seed_with("check", "Processors: 8", "Processors: 0");
-    let output = Command::new(SERVICE)
+    assert_config_error(&check(&file), &file, &["KqConsumerConf.Processors"]);
+}
+
+fn check(file: &Path) -> Output {
+    Command::new(SERVICE)
         .arg("--check")
         .arg("-f")
-        .arg(&file)
+        .arg(file)
         .output()
-        .unwrap();
-    assert_config_error(&output, &file, &["KqConsumerConf.Processors"]);
+        .unwrap()
 }
 
 #[test]
