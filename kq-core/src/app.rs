@@ -109,7 +109,7 @@ where
         }
         Mode::Describe => {
             let started: Vec<_> = consumers.started().collect();
-            println!("{}", describe(&binary_name(), &config, &started));
+            say!("{}", describe(&binary_name(), &config, &started));
             return Ok(());
         }
         Mode::ResetOffsets(position) => {
@@ -548,13 +548,13 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// `Option<KqConf>` block is absent.
 fn print_check(file: &Path, consumers: &Bound) {
     if consumers.absent.is_empty() {
-        println!(
+        say!(
             "{}: ok, {} consumer(s)",
             file.display(),
             consumers.started.len()
         );
     } else {
-        println!(
+        say!(
             "{}: ok, {} consumer(s), {} not started (no block)",
             file.display(),
             consumers.started.len(),
@@ -569,7 +569,7 @@ fn print_check(file: &Path, consumers: &Bound) {
                 tools::redrive_group(&conf.group)
             ),
         };
-        println!(
+        say!(
             "{}\tconf {}\ttopic {}\tgroup {}\tbrokers {}{dead_letters}\t{}:{}",
             registration.name,
             registration.conf,
@@ -581,9 +581,12 @@ fn print_check(file: &Path, consumers: &Bound) {
         );
     }
     for registration in &consumers.absent {
-        println!(
+        say!(
             "{}\tconf {}\tnot started: the file has no such block\t{}:{}",
-            registration.name, registration.conf, registration.file, registration.line
+            registration.name,
+            registration.conf,
+            registration.file,
+            registration.line
         );
     }
 }

@@ -6,6 +6,15 @@
 
 #![warn(missing_docs)]
 
+/// `println!` that a closed standard output (`--check | head`) does not panic: what the
+/// binary was asked to do goes on, and its exit code still says how it ended.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod app;
 pub mod batch;
 pub mod broker;

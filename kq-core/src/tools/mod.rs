@@ -2,15 +2,6 @@
 //! they consume from: `reset` moves a group's committed offsets (`--reset-offsets`), and
 //! `redrive` pushes a dead-letter topic's messages back where they came from (`--redrive`).
 
-/// `println!` that a closed standard output (`| head`) does not panic: the tool's work goes
-/// on, and its exit code still says how it ended.
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
-}
-
 mod redrive;
 mod reset;
 
