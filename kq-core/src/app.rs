@@ -101,6 +101,8 @@ where
             problems.join("; ")
         )));
     }
+    // The consumers that would start, with their confs: what `--describe` and the tools act on.
+    let started: Vec<_> = consumers.started().collect();
     match &args.mode {
         Mode::Run => {}
         Mode::Check => {
@@ -108,18 +110,15 @@ where
             return Ok(());
         }
         Mode::Describe => {
-            let started: Vec<_> = consumers.started().collect();
             say!("{}", describe(&binary_name(), &config, &started));
             return Ok(());
         }
         Mode::ResetOffsets(position) => {
-            let started: Vec<_> = consumers.started().collect();
             return Target::chosen(&started, args.consumer.as_deref())
                 .and_then(|targets| tools::reset_offsets(&targets, position, args.dry_run))
                 .map_err(Failure::tool);
         }
         Mode::Redrive(topic) => {
-            let started: Vec<_> = consumers.started().collect();
             let target = Target::redriving(&started, args.consumer.as_deref(), topic)
                 .map_err(Failure::tool)?;
             let runtime = tokio::runtime::Builder::new_current_thread()

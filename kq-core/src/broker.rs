@@ -4,7 +4,10 @@
 use std::sync::mpsc;
 use std::sync::OnceLock;
 use std::thread;
+use std::time::Duration;
 
+use rdkafka::consumer::{Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::mocking::MockCluster;
 use rdkafka::ClientConfig;
 
@@ -60,6 +63,26 @@ pub(crate) fn ensure_embedded_topic(connection: &Connection<'_>, topic: &str) ->
         EmbeddedBroker::get()?.create_topic(topic, EMBEDDED_PARTITIONS)?;
     }
     Ok(())
+}
+
+/// The partitions of `topic` in the brokers' metadata, or `None` when it does not exist (or
+/// has no partition yet).
+pub(crate) fn topic_partitions<K: ConsumerContext>(
+    client: &impl Consumer<K>,
+    topic: &str,
+    wait: Duration,
+) -> KafkaResult<Option<Vec<i32>>> {
+    let metadata = client.fetch_metadata(Some(topic), wait)?;
+    let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        return Ok(None);
+    };
+    match found.error().map(RDKafkaErrorCode::from) {
+        None if !found.partitions().is_empty() => {
+            Ok(Some(found.partitions().iter().map(|p| p.id()).collect()))
+        }
+        None | Some(RDKafkaErrorCode::UnknownTopicOrPartition) => Ok(None),
+        Some(code) => Err(KafkaError::MetadataFetch(code)),
+    }
 }
 
 pub(crate) fn is_embedded(brokers: &[String]) -> bool {

@@ -172,9 +172,7 @@ impl<C: KqConfig + DeserializeOwned> TestApp<C> {
 
     /// Runs the config as given, with its own brokers and offsets.
     pub fn from_config(config: C) -> Result<Self, TestError> {
-        config
-            .check()
-            .map_err(|problems| TestError::new(format!("the config: {}", problems.join("; "))))?;
+        check(&config)?;
         Ok(TestApp {
             yaml: None,
             overrides: Vec::new(),
@@ -279,10 +277,15 @@ fn load<C: KqConfig + DeserializeOwned>(
     }
     overrides.extend(changes.iter().cloned());
     let config: C = parse(yaml, &overrides)?;
+    check(&config)?;
+    Ok(config)
+}
+
+/// Validates every block of `config`, as a service start does.
+fn check<C: KqConfig>(config: &C) -> Result<(), TestError> {
     config
         .check()
-        .map_err(|problems| TestError::new(format!("the config: {}", problems.join("; "))))?;
-    Ok(config)
+        .map_err(|problems| TestError::new(format!("the config: {}", problems.join("; "))))
 }
 
 fn parse<C: DeserializeOwned>(
@@ -582,14 +585,9 @@ impl<C, S> RunningApp<C, S> {
             .map_err(|e| failed(&e))?;
         // A dead-letter topic is made by its first dead letter: until then, ask again.
         let partitions = loop {
-            let metadata = reader.fetch_metadata(Some(topic), Duration::from_secs(5));
-            let partitions: Vec<i32> = metadata
-                .iter()
-                .flat_map(|m| m.topics())
-                .filter(|t| t.name() == topic && t.error().is_none())
-                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                .collect();
-            if !partitions.is_empty() {
+            if let Ok(Some(partitions)) =
+                broker::topic_partitions(&reader, topic, Duration::from_secs(5))
+            {
                 break partitions;
             }
             if Instant::now() >= deadline {

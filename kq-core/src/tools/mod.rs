@@ -8,7 +8,6 @@ mod reset;
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, ConsumerContext};
-use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 
 use crate::broker;
@@ -126,32 +125,15 @@ impl Target<'_> {
         client: &impl Consumer<K>,
         topic: &str,
     ) -> Result<Vec<i32>, ToolError> {
-        let metadata = client
-            .fetch_metadata(Some(topic), BROKER_WAIT)
-            .map_err(|e| failed(self.name, format!("cannot read topic `{topic}`"), e))?;
-        let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
-            return Err(missing(self.name, topic));
-        };
-        match found.error().map(RDKafkaErrorCode::from) {
-            None if !found.partitions().is_empty() => {
-                Ok(found.partitions().iter().map(|p| p.id()).collect())
-            }
-            None | Some(RDKafkaErrorCode::UnknownTopicOrPartition) => {
-                Err(missing(self.name, topic))
-            }
-            Some(code) => Err(failed(
-                self.name,
-                format!("cannot read topic `{topic}`"),
-                code,
-            )),
+        match broker::topic_partitions(client, topic, BROKER_WAIT) {
+            Ok(Some(partitions)) => Ok(partitions),
+            Ok(None) => Err(ToolError::Failed(format!(
+                "consumer `{}`: topic `{topic}` does not exist",
+                self.name
+            ))),
+            Err(e) => Err(failed(self.name, format!("cannot read topic `{topic}`"), e)),
         }
     }
-}
-
-fn missing(consumer: &str, topic: &str) -> ToolError {
-    ToolError::Failed(format!(
-        "consumer `{consumer}`: topic `{topic}` does not exist"
-    ))
 }
 
 /// A failure of `consumer` while doing `what`.

@@ -87,6 +87,8 @@ pub(crate) async fn redrive(
                     continue;
                 }
             }
+            // A partition at its end settles what was read so far, so that a quiet topic's
+            // last messages do not wait for a full batch.
             Ok(Err(KafkaError::PartitionEOF(partition))) => {
                 reading.remove(&partition);
             }
