@@ -12,7 +12,7 @@ use crate::load::{ConfigFile, LoadError};
 use crate::observe::{self, DevServerConf, PrometheusConf};
 use crate::queue::Queue;
 use crate::registry::{block, ConsumerRegistration, KqConfig, RegisteredHandler};
-use crate::service::ServiceGroup;
+use crate::service::{ServiceGroup, TerminationSignals};
 use crate::telemetry;
 use crate::tools::{self, Position, Target, ToolError};
 
@@ -138,6 +138,9 @@ where
         .build()
         .map_err(|e| Failure::run(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async {
+        // Caught from here on: a signal while the state is built or the clients start stops
+        // the service once it has started, with a graceful exit, instead of killing it.
+        let signals = TerminationSignals::listen();
         // Metrics, health and the stat log are on in services; the servers only when asked.
         observe::enable();
         for (listen, conf) in service.servers() {
@@ -163,7 +166,10 @@ where
         for queue in queues {
             group.add(queue);
         }
-        group.run().await.map_err(Failure::run)
+        group
+            .run_until_signalled(signals)
+            .await
+            .map_err(Failure::run)
     })
 }
 

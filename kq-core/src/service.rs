@@ -55,11 +55,20 @@ impl ServiceGroup {
     /// running handlers finish (within each queue's `ShutdownTimeout`), offsets are
     /// committed and the consumers leave their groups. A second signal exits at once.
     pub async fn run(self) -> Result<(), Error> {
-        self.run_until(async {
-            termination_signal().await;
+        self.run_until_signalled(TerminationSignals::listen()).await
+    }
+
+    /// `run`, on signals listened for since before the group was built: a signal that came
+    /// while the service was starting stops it as soon as it has started.
+    pub(crate) async fn run_until_signalled(
+        self,
+        mut signals: TerminationSignals,
+    ) -> Result<(), Error> {
+        self.run_until(async move {
+            signals.recv().await;
             tracing::info!("signal received, stopping; a second signal exits at once");
-            tokio::spawn(async {
-                termination_signal().await;
+            tokio::spawn(async move {
+                signals.recv().await;
                 tracing::warn!("second signal, exiting now");
                 std::process::exit(130);
             });
@@ -112,26 +121,46 @@ impl ServiceGroup {
 
 /// Completes on SIGINT or SIGTERM (Ctrl-C elsewhere).
 pub async fn termination_signal() {
+    TerminationSignals::listen().recv().await
+}
+
+/// SIGINT and SIGTERM, caught from the moment this is made rather than from the first wait,
+/// so that one sent while a service starts does not kill the process (the default action)
+/// but stops it once it has started. Elsewhere than on Unix, Ctrl-C from the first wait.
+pub(crate) struct TerminationSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) {
-            (Ok(mut interrupt), Ok(mut terminate)) => {
-                tokio::select! {
-                    _ = interrupt.recv() => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl TerminationSignals {
+    /// Starts catching the signals. Needs a Tokio runtime with signals enabled.
+    pub(crate) fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let streams = match (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) {
+                (Ok(interrupt), Ok(terminate)) => Some((interrupt, terminate)),
+                _ => None,
+            };
+            TerminationSignals { streams }
         }
+        #[cfg(not(unix))]
+        TerminationSignals {}
     }
-    #[cfg(not(unix))]
-    {
+
+    /// Waits for the next signal; one that came since `listen` counts.
+    pub(crate) async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some((interrupt, terminate)) = &mut self.streams {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -182,7 +182,10 @@ fn the_demo_writes_each_payment_once_and_sends_the_bad_ones_through_the_error_po
     // undecodable one was given up without a retry. Each reached the dead-letter topic.
     let failures: Vec<&str> = service
         .lines("message failed")
-        .map(|line| line["error"].as_str().unwrap())
+        .map(|line| {
+            assert_eq!(line["consumer"], "ledger", "{line}");
+            line["error"].as_str().unwrap()
+        })
         .collect();
     assert_eq!(failures.len(), 2, "{failures:?}");
     assert!(failures

@@ -162,8 +162,9 @@ impl Queue {
         self
     }
 
-    /// Replaces the default error handler, which logs the failure with topic, partition and
-    /// offset. It sees each message that failed for good, after its retries.
+    /// Replaces the default error handler, which logs the failure with the consumer's name,
+    /// topic, partition and offset. It sees each message that failed for good, after its
+    /// retries.
     pub fn with_error_handler(
         mut self,
         handler: impl Fn(&Message, &HandlerError) + Send + Sync + 'static,
@@ -183,9 +184,14 @@ impl Queue {
         if let Some(observed) = &observed {
             tokio::spawn(log_stats(observed.clone(), shutdown.clone()));
         }
+        let consumer = self.name.clone();
         let shared = Arc::new(QueueShared {
             custom_error_handler: self.error_handler.is_some(),
-            error_handler: self.error_handler.unwrap_or_else(|| Arc::new(log_failure)),
+            error_handler: self.error_handler.unwrap_or_else(|| {
+                Arc::new(move |msg: &Message, error: &HandlerError| {
+                    log_failure(&consumer, msg, error)
+                })
+            }),
             observed,
             name: self.name,
             conf: self.conf,
@@ -334,8 +340,11 @@ pub(crate) fn cluster_pusher_conf(conf: &KqConf, topic: &str) -> crate::conf::Pu
     pusher_conf
 }
 
-fn log_failure(msg: &Message, error: &HandlerError) {
+/// The default error handler's line. It names the consumer: a service runs several, often on
+/// one topic.
+fn log_failure(consumer: &str, msg: &Message, error: &HandlerError) {
     tracing::error!(
+        consumer,
         topic = msg.topic(),
         partition = msg.partition(),
         offset = msg.offset(),
