@@ -105,11 +105,9 @@ pub(crate) fn store_moved<C: ConsumerContext>(
     metrics: Option<&ConsumerMetrics>,
 ) {
     let marks = marks_of(states, PartitionState::take_store, topic, metrics);
+    // Called every few milliseconds, often with nothing moved: no list is built then.
     if !marks.is_empty() {
-        if let Err(e) = consumer.store_offsets(&list_of(topic, &marks)) {
-            // Only a partition no longer assigned refuses a store: it is not this member's.
-            tracing::debug!(topic, error = %e, "storing watermarks failed");
-        }
+        store(consumer, topic, &list_of(topic, &marks));
     }
 }
 
@@ -376,13 +374,12 @@ pub(crate) fn save<C: ConsumerContext>(
         }
         // librdkafka commits a partition's stored offset when it is unassigned: that one must
         // never be older than what kq commits here.
-        if let Err(e) = consumer.store_offsets(&list_of(topic, &points)) {
-            tracing::debug!(topic, error = %e, "storing offsets failed");
-        }
+        let list = list_of(topic, &points);
+        store(consumer, topic, &list);
         let left = deadline.saturating_duration_since(Instant::now());
         let wait = if first { left.max(LAST_TRY) } else { left };
         first = false;
-        let error = match commit_and_wait(consumer, &list_of(topic, &points), wait) {
+        let error = match commit_and_wait(consumer, &list, wait) {
             Ok(()) => {
                 tracing::debug!(topic, offsets = ?marks, "committed");
                 if let Some(metrics) = metrics {
@@ -438,30 +435,24 @@ pub(crate) fn forget<C: ConsumerContext>(
     topic: &str,
     partitions: impl IntoIterator<Item = i32>,
 ) {
-    let marks: Vec<(i32, Offset)> = partitions
-        .into_iter()
-        .map(|p| (p, Offset::Invalid))
-        .collect();
-    store_list(consumer, topic, &marks);
+    let mut list = TopicPartitionList::new();
+    for partition in partitions {
+        let _ = list.add_partition_offset(topic, partition, Offset::Invalid);
+    }
+    store(consumer, topic, &list);
 }
 
-fn store_list<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    topic: &str,
-    marks: &[(i32, Offset)],
-) {
-    let mut list = TopicPartitionList::with_capacity(marks.len());
-    for &(partition, offset) in marks {
-        let _ = list.add_partition_offset(topic, partition, offset);
-    }
+/// Stores `list`'s offsets for librdkafka's commits. Only a partition no longer assigned
+/// refuses a store: it is not this member's.
+fn store<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, list: &TopicPartitionList) {
     if list.count() > 0 {
-        if let Err(e) = consumer.store_offsets(&list) {
+        if let Err(e) = consumer.store_offsets(list) {
             tracing::debug!(topic, error = %e, "storing offsets failed");
         }
     }
 }
 
-/// Commits `marks` and waits up to `wait` for the broker's answer. librdkafka's synchronous
+/// Commits `list` and waits up to `wait` for the broker's answer. librdkafka's synchronous
 /// commit waits as long as librdkafka does (up to the session timeout for a missing
 /// coordinator); this one answers on a queue of its own, read with the member's deadline.
 /// Returns the first error, the request's or a partition's.

@@ -191,7 +191,6 @@ pub(crate) fn spawn_member(
             holds.clone(),
         ));
     }
-
     tokio::spawn(dispatch::announcer(&dispatcher));
 
     let (stopped_tx, stopped_rx) = oneshot::channel();
@@ -683,9 +682,9 @@ impl FetchLoop {
 
     fn store_if_due(&mut self) {
         let interval = self.member.queue.conf.commit_interval;
+        let metrics = self.member.queue.observed.as_deref();
         if self.last_store.elapsed() >= interval.min(STORE_EVERY) {
             self.last_store = Instant::now();
-            let metrics = self.member.queue.observed.as_deref();
             commit::store_moved(
                 &self.consumer,
                 self.member.topic,
@@ -696,7 +695,6 @@ impl FetchLoop {
         let map_every = interval.max(MAP_COMMIT_EVERY);
         if self.last_map_commit.elapsed() >= map_every {
             self.last_map_commit = Instant::now();
-            let metrics = self.member.queue.observed.as_deref();
             commit::commit_changed_maps(
                 &self.consumer,
                 self.member.topic,
